@@ -1,0 +1,3 @@
+from ssnbench.cli import main
+
+raise SystemExit(main())

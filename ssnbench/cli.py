@@ -1,0 +1,103 @@
+"""Command-line entry point. Each subcommand lives in its own module, imported lazily so that
+`--help` stays fast and torch is only imported by the commands that need it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ssnbench.errors import UserError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _command(parser: argparse.ArgumentParser, target: str) -> None:
+    """Bind a parser to `module:function`, imported only when the command runs."""
+    parser.set_defaults(_target=target)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssnbench",
+        description="Train, evaluate, profile and report SSN and baselines on Derm7pt.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train and evaluate every (model, seed) of a suite, then report")
+    run.add_argument("suite", help="suite YAML file, e.g. suites/demo.yaml")
+    run.add_argument("--out", default=None, help="results folder (default: results/<suite name>)")
+    run.add_argument("--report-dir", default=None, help="report folder (default: reports/<suite name>)")
+    run.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    run.add_argument("--force", action="store_true", help="re-run jobs whose result file exists")
+    _command(run, "ssnbench.runner:cli_run")
+
+    report = sub.add_parser("report", help="rebuild a report from result files without training")
+    report.add_argument("results_dir", metavar="DIR", help="folder of per-job result files")
+    report.add_argument("--report-dir", default=None, help="where to write report.md (default: reports/<suite>)")
+    _command(report, "ssnbench.report:cli_report")
+
+    data = sub.add_parser("data", help="make or check a Derm7pt release_v0 folder")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    make = data_sub.add_parser("make", help="write a synthetic dataset in the exact release_v0 layout")
+    make.add_argument("--out", required=True, help="folder to write (release_v0/ is created inside)")
+    make.add_argument("--cases", type=_positive_int, default=1011, help="number of cases (default 1011)")
+    make.add_argument("--seed", type=int, default=0, help="random seed (same arguments => same bytes)")
+    make.add_argument("--image-size", type=_positive_int, default=128, help="image side in pixels")
+    _command(make, "ssnbench.data.commands:make")
+    check = data_sub.add_parser("check", help="validate a release and print a summary")
+    check.add_argument("root", metavar="DIR", help="release_v0 folder (or a folder holding one)")
+    check.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _command(check, "ssnbench.data.commands:check")
+
+    bench = sub.add_parser("bench", help="speed benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="TARGET")
+    kern = bench_sub.add_parser("kernels", help="fused shared cross-attention vs PyTorch baselines")
+    kern.add_argument("--json", default=None, metavar="PATH", help="also write results as JSON")
+    kern.add_argument("--quick", action="store_true", help="fewer shapes and repetitions (smoke test)")
+    _command(kern, "ssnbench.bench_kernels:cli")
+    models = bench_sub.add_parser("models", help="inference/training throughput of a suite's models")
+    models.add_argument("--suite", required=True, help="suite YAML whose models are benchmarked")
+    models.add_argument("--batch-sizes", type=_int_list, default=[1, 32, 64], help="e.g. 1,32,64")
+    models.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    models.add_argument("--json", default=None, metavar="PATH", help="also write results as JSON")
+    models.add_argument("--out", default=None, help="folder for the CSV/JSON/Markdown tables")
+    _command(models, "ssnbench.bench_models:cli")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, func_name = args._target.split(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        return int(func(args) or 0)
+    except UserError as err:
+        print(f"ssnbench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ssnbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
