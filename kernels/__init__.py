@@ -1,0 +1,1 @@
+"""Triton kernels for ssnbench, imported as ssnbench.kernels."""
