@@ -155,7 +155,9 @@ def gmacs_report(model: nn.Module, image_size: ImageSize | None = None,
     result: dict[str, Any] = {"gmacs": None, "unsupported_ops": {}, "note": None,
                               "convention": MACS_CONVENTION}
     try:
-        from fvcore.nn import FlopCountAnalysis
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fvcore's import touches deprecated torch.jit APIs
+            from fvcore.nn import FlopCountAnalysis
     except ImportError:
         result["note"] = "fvcore not installed: GMACs not counted"
         return result
