@@ -1,0 +1,534 @@
+"""Suite files: YAML -> validated dataclasses.
+
+Every mistake becomes ONE `ConfigError` line naming the file, the key path and what was expected
+(e.g. `suites/x.yaml: models[2].options.backbone: unknown timm model 'resnet5'; did you mean
+'resnet50'?`), so a typo costs seconds instead of a crashed job an hour into a suite. Models are
+validated eagerly through the models' registry (we ask it; we never duplicate its knowledge).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ssnbench.errors import ConfigError, UserError
+
+DATA_HINT = (
+    "get the Derm7pt release_v0 from https://derm.cs.sfu.ca (free registration), unpack it and "
+    "set DERM7PT_ROOT to the folder holding release_v0/ (or run suites/demo.yaml on synthetic data)"
+)
+
+LOSS_SCHEMES = ("prior", "equal")
+HEADS = ("clinic", "derm", "fused")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where the images come from and how they are prepared (recorded in every report)."""
+
+    kind: str  # "derm7pt" (the real release) or "synthetic" (generated on first use)
+    root: str | None = None  # derm7pt: release_v0/ or a folder holding one
+    image_size: int = 224  # side of the square network input
+    border_crop: int = 25  # pixels cropped from each side before resizing
+    drop_no_clinic: bool = False  # drop the rows whose clinic photo is the derm photo
+    augment: bool = True
+    cases: int = 1011  # synthetic only
+    seed: int = 0  # synthetic only
+    source_size: int = 128  # synthetic only: side of the generated JPEGs
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """The fit loop's settings; defaults follow the literature recipe (DERM7PT.md)."""
+
+    epochs: int = 100
+    batch_size: int = 32
+    eval_batch_size: int | None = None  # default: 2 x batch_size
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
+    grad_clip: float | None = 1.0  # max global gradient norm; null disables
+    amp: bool = True  # bf16 autocast, CUDA only (ignored on CPU)
+    channels_last: bool = False  # CUDA only
+    num_workers: int | None = None  # default: 0 on CPU, min(8, cpus) on CUDA
+    threads: int | None = None  # torch CPU threads; default: all cores (capped at 8)
+    class_weights: bool = False  # inverse-frequency class weights in the cross-entropies
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """Throughput/memory measurement, once per model (not per seed)."""
+
+    enabled: bool = True
+    batch_size: int = 16
+    warmup: int = 2
+    iters: int = 5
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the suite: a free-text name, a registry arch and its plain options."""
+
+    name: str
+    arch: str
+    loss: str = "prior"  # head weighting of the training loss: prior | equal
+    loss_weights: dict[str, float] | None = None  # per-head overrides of the scheme's defaults
+    inference: str = "same"  # how heads combine at inference: same (as the loss) | prior | equal
+    inference_weights: dict[str, float] | None = None  # explicit per-head weights (win over `inference`)
+    options: dict[str, Any] = field(default_factory=dict)  # passed to build_model(arch, **options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: str
+    dataset: DatasetSpec
+    train: TrainSpec
+    seeds: tuple[int, ...]
+    models: tuple[ModelSpec, ...]
+    profile: ProfileSpec = ProfileSpec()
+    description: str = ""
+    reference: str | None = None  # model name compared (paired) against every other model
+
+    def model(self, name: str) -> ModelSpec:
+        return next(m for m in self.models if m.name == name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers: each takes the value and its key path, and raises one line on a mistake.
+
+
+class _Ctx:
+    """File name + key path, so every error message says exactly where the mistake is."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, path: str, message: str) -> ConfigError:
+        where = f"{self.file}: {path}: " if path else f"{self.file}: "
+        return ConfigError(where + message)
+
+
+def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _mapping(
+    ctx: _Ctx, path: str, value: Any, allowed: tuple[str, ...], required: tuple[str, ...] = ()
+) -> dict:
+    if not isinstance(value, dict):
+        raise ctx.fail(path, f"expected a mapping, got {_typename(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            raise ctx.fail(path, f"keys must be strings, got {key!r}")
+        if key not in allowed:
+            raise ctx.fail(
+                _join(path, key),
+                "unknown key" + (_suggest(key, allowed) or f"; expected one of {', '.join(allowed)}"),
+            )
+    for key in required:
+        if key not in value:
+            raise ctx.fail(_join(path, key), "missing (required)")
+    return value
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _typename(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__) + f" ({value!r})"[:60]
+
+
+def _int(ctx: _Ctx, path: str, value: Any, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ctx.fail(path, f"expected an integer, got {_typename(value)}")
+    if minimum is not None and value < minimum:
+        raise ctx.fail(path, f"expected an integer >= {minimum}, got {value}")
+    return value
+
+
+def _float(ctx: _Ctx, path: str, value: Any, minimum: float | None = None, positive: bool = False) -> float:
+    # YAML 1.1 reads `1e-4` (no dot) as a string: accept numeric strings rather than surprise people.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ctx.fail(path, f"expected a number, got {_typename(value)}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ctx.fail(path, f"expected a number, got {_typename(value)}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ctx.fail(path, f"expected a finite number, got {value}")
+    if positive and value <= 0:
+        raise ctx.fail(path, f"expected a number > 0, got {value}")
+    if minimum is not None and value < minimum:
+        raise ctx.fail(path, f"expected a number >= {minimum}, got {value}")
+    return value
+
+
+def _bool(ctx: _Ctx, path: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ctx.fail(path, f"expected true or false, got {_typename(value)}")
+    return value
+
+
+def _str(ctx: _Ctx, path: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ctx.fail(path, f"expected a non-empty string, got {_typename(value)}")
+    return value
+
+
+def _choice(ctx: _Ctx, path: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        hint = _suggest(value, choices) if isinstance(value, str) else ""
+        raise ctx.fail(path, f"expected one of {', '.join(choices)}, got {_typename(value)}{hint}")
+    return value
+
+
+def _head_weights(ctx: _Ctx, path: str, value: Any) -> dict[str, float] | None:
+    if value is None:
+        return None
+    _mapping(ctx, path, value, HEADS)
+    return {k: _float(ctx, _join(path, k), v, minimum=0.0) for k, v in value.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment interpolation
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(ctx: _Ctx, path: str, value: Any) -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string; an unset variable is a ConfigError."""
+    if isinstance(value, dict):
+        return {k: _interpolate(ctx, _join(path, str(k)), v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(ctx, _join(path, i), v) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def repl(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ and os.environ[name] != "":
+            return os.environ[name]
+        if default is not None:
+            return default
+        hint = f"; {DATA_HINT}" if name == "DERM7PT_ROOT" else ""
+        raise ctx.fail(path, f"environment variable {name} is not set{hint}")
+
+    return _ENV.sub(repl, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+_DATASET_KEYS = (
+    "kind",
+    "root",
+    "image_size",
+    "border_crop",
+    "drop_no_clinic",
+    "augment",
+    "cases",
+    "seed",
+    "source_size",
+)
+_TRAIN_KEYS = tuple(TrainSpec.__dataclass_fields__)
+_PROFILE_KEYS = tuple(ProfileSpec.__dataclass_fields__)
+_MODEL_KEYS = ("name", "arch", "loss", "loss_weights", "inference", "inference_weights", "options")
+_TOP_KEYS = (
+    "name",
+    "description",
+    "dataset",
+    "train",
+    "seeds",
+    "models",
+    "model_defaults",
+    "profile",
+    "reference",
+)
+
+
+def _dataset(ctx: _Ctx, raw: Any, base_dir: Path, check_data: bool) -> DatasetSpec:
+    path = "dataset"
+    _mapping(ctx, path, raw, _DATASET_KEYS, required=("kind",))
+    kind = _choice(ctx, "dataset.kind", raw["kind"], ("derm7pt", "synthetic"))
+    kw: dict[str, Any] = {"kind": kind}
+    for key in ("image_size", "border_crop", "cases", "seed", "source_size"):
+        if key in raw:
+            kw[key] = _int(
+                ctx, _join(path, key), raw[key], minimum=0 if key in ("border_crop", "seed") else 1
+            )
+    for key in ("drop_no_clinic", "augment"):
+        if key in raw:
+            kw[key] = _bool(ctx, _join(path, key), raw[key])
+    if kind == "synthetic":
+        for key in ("root",):
+            if key in raw:
+                raise ctx.fail(
+                    _join(path, key), "not used by kind synthetic (data is generated into the cache)"
+                )
+        if kw.get("cases", 1011) < 20:
+            raise ctx.fail(
+                "dataset.cases", f"expected at least 20 cases (train/valid/test splits), got {kw['cases']}"
+            )
+    else:
+        for key in ("cases", "seed", "source_size"):
+            if key in raw:
+                raise ctx.fail(_join(path, key), "only used by kind synthetic")
+        if "root" not in raw:
+            raise ctx.fail("dataset.root", f"missing (required for kind derm7pt); {DATA_HINT}")
+        root = _str(ctx, "dataset.root", raw["root"])
+        root_path = Path(root).expanduser()
+        if not root_path.is_absolute():
+            root_path = (base_dir / root_path) if not root_path.exists() else root_path
+        if check_data and not (
+            (root_path / "meta" / "meta.csv").is_file()
+            or (root_path / "release_v0" / "meta" / "meta.csv").is_file()
+        ):
+            what = "does not exist" if not root_path.exists() else "holds no release_v0/meta/meta.csv"
+            raise ctx.fail("dataset.root", f"{str(root_path)!r} {what}; {DATA_HINT}")
+        kw["root"] = str(root_path)
+    spec = DatasetSpec(**kw)
+    if kind == "synthetic" and spec.border_crop * 2 >= spec.source_size:
+        raise ctx.fail(
+            "dataset.border_crop",
+            f"{spec.border_crop} px per side leaves nothing of a {spec.source_size}-px image",
+        )
+    return spec
+
+
+def _train(ctx: _Ctx, raw: Any) -> TrainSpec:
+    if raw is None:
+        return TrainSpec()
+    _mapping(ctx, "train", raw, _TRAIN_KEYS)
+    kw: dict[str, Any] = {}
+    for key, value in raw.items():
+        p = _join("train", key)
+        if key in ("epochs", "batch_size"):
+            kw[key] = _int(ctx, p, value, minimum=1)
+        elif key in ("eval_batch_size", "threads"):
+            kw[key] = None if value is None else _int(ctx, p, value, minimum=1)
+        elif key == "num_workers":
+            kw[key] = None if value is None else _int(ctx, p, value, minimum=0)
+        elif key == "lr":
+            kw[key] = _float(ctx, p, value, positive=True)
+        elif key in ("weight_decay", "warmup_epochs", "min_lr_ratio"):
+            kw[key] = _float(ctx, p, value, minimum=0.0)
+        elif key == "grad_clip":
+            kw[key] = None if value is None else _float(ctx, p, value, positive=True)
+        else:  # booleans
+            kw[key] = _bool(ctx, p, value)
+    spec = TrainSpec(**kw)
+    if spec.min_lr_ratio > 1:
+        raise ctx.fail("train.min_lr_ratio", f"expected a number in [0, 1], got {spec.min_lr_ratio}")
+    return spec
+
+
+def _profile(ctx: _Ctx, raw: Any) -> ProfileSpec:
+    if raw is None:
+        return ProfileSpec()
+    if isinstance(raw, bool):
+        return ProfileSpec(enabled=raw)
+    _mapping(ctx, "profile", raw, _PROFILE_KEYS)
+    kw: dict[str, Any] = {}
+    for key, value in raw.items():
+        p = _join("profile", key)
+        kw[key] = (
+            _bool(ctx, p, value)
+            if key == "enabled"
+            else _int(ctx, p, value, minimum=0 if key == "warmup" else 1)
+        )
+    return ProfileSpec(**kw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Deep merge for model_defaults: nested mappings (options) merge, everything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+        )
+    return out
+
+
+def _model(ctx: _Ctx, index: int, raw: Any, defaults: dict) -> ModelSpec:
+    path = f"models[{index}]"
+    _mapping(ctx, path, raw, _MODEL_KEYS)
+    raw = _merge(defaults, raw)
+    for key in ("name", "arch"):
+        if key not in raw:
+            raise ctx.fail(_join(path, key), "missing (required)")
+    name = _str(ctx, _join(path, "name"), raw["name"])
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+        raise ctx.fail(
+            _join(path, "name"), f"use letters, digits and - _ . + only (it names files), got {name!r}"
+        )
+    arch = _str(ctx, _join(path, "arch"), raw["arch"])
+    loss = _choice(ctx, _join(path, "loss"), raw.get("loss", "prior"), LOSS_SCHEMES)
+    inference = _choice(ctx, _join(path, "inference"), raw.get("inference", "same"), ("same", *LOSS_SCHEMES))
+    options = raw.get("options") or {}
+    if not isinstance(options, dict):
+        raise ctx.fail(_join(path, "options"), f"expected a mapping, got {_typename(options)}")
+    return ModelSpec(
+        name=name,
+        arch=arch,
+        loss=loss,
+        loss_weights=_head_weights(ctx, _join(path, "loss_weights"), raw.get("loss_weights")),
+        inference=inference,
+        inference_weights=_head_weights(ctx, _join(path, "inference_weights"), raw.get("inference_weights")),
+        options=dict(options),
+    )
+
+
+def _check_model(ctx: _Ctx, index: int, spec: ModelSpec) -> None:
+    """Ask the registry whether it can build this model; its ConfigError gets our file and key path.
+
+    Built on the meta device when possible so that validating a 14-model suite costs no memory and
+    little time; a model that cannot be built there is built for real (small at validation time).
+    """
+    import torch  # noqa: PLC0415 (keep `--help` fast)
+
+    from ssnbench.models.registry import build_model, list_archs  # noqa: PLC0415
+
+    path = f"models[{index}]"
+    archs = list(list_archs())
+    if spec.arch not in archs:
+        raise ctx.fail(
+            _join(path, "arch"),
+            f"unknown arch {spec.arch!r}{_suggest(spec.arch, archs)} (known: {', '.join(archs)})",
+        )
+    try:
+        try:
+            with torch.device("meta"):
+                build_model(spec.arch, **spec.options)
+        except UserError:
+            raise
+        except Exception:  # noqa: BLE001 - some modules refuse meta tensors; validate for real
+            build_model(spec.arch, **spec.options)
+    except UserError as err:
+        raise ctx.fail(
+            _option_path(path, str(err), spec.options), _strip_prefix(str(err), spec.options)
+        ) from None
+    except TypeError as err:  # an unexpected keyword argument
+        raise ctx.fail(_join(path, "options"), str(err)) from None
+
+
+def _option_path(path: str, message: str, options: dict) -> str:
+    """Point at `models[i].options.<key>` when the registry's message starts with an option name."""
+    head = message.split(":", 1)[0].strip()
+    head = head.rsplit(".", 1)[-1]
+    if head in options:
+        return _join(_join(path, "options"), head)
+    for key in options:
+        if re.search(rf"\b{re.escape(key)}\b", message):
+            return _join(_join(path, "options"), key)
+    return _join(path, "options")
+
+
+def _strip_prefix(message: str, options: dict) -> str:
+    head, sep, rest = message.partition(":")
+    if sep and head.strip().rsplit(".", 1)[-1] in options:
+        return rest.strip()
+    return message
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def load(path: str | os.PathLike, check_models: bool = True, check_data: bool = True) -> Suite:
+    """Read and validate a suite file. `check_models` builds each model once (registry validation);
+    `check_data` requires a derm7pt root to exist (the runner validates its contents)."""
+    file = str(path)
+    ctx = _Ctx(file)
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{file}: no such suite file")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{file}: {where}invalid YAML: {problem}") from None
+    if raw is None:
+        raise ConfigError(f"{file}: empty suite file")
+    _mapping(ctx, "", raw, _TOP_KEYS, required=("dataset", "models"))
+    raw = _interpolate(ctx, "", raw)
+
+    name = _str(ctx, "name", raw.get("name", p.stem))
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ctx.fail("name", f"use letters, digits and - _ . only (it names folders), got {name!r}")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ctx.fail("description", f"expected a string, got {_typename(description)}")
+
+    dataset = _dataset(ctx, raw["dataset"], p.parent, check_data)
+    train = _train(ctx, raw.get("train"))
+    profile = _profile(ctx, raw.get("profile"))
+
+    seeds_raw = raw.get("seeds", [0])
+    if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool):
+        seeds_raw = [seeds_raw]
+    if not isinstance(seeds_raw, list) or not seeds_raw:
+        raise ctx.fail("seeds", f"expected a non-empty list of integers, got {_typename(seeds_raw)}")
+    seeds = tuple(_int(ctx, f"seeds[{i}]", s, minimum=0) for i, s in enumerate(seeds_raw))
+    if len(set(seeds)) != len(seeds):
+        raise ctx.fail("seeds", f"duplicate seeds in {list(seeds)}")
+
+    defaults = raw.get("model_defaults") or {}
+    _mapping(ctx, "model_defaults", defaults, tuple(k for k in _MODEL_KEYS if k != "name"))
+    models_raw = raw["models"]
+    if not isinstance(models_raw, list) or not models_raw:
+        raise ctx.fail("models", f"expected a non-empty list of models, got {_typename(models_raw)}")
+    models = tuple(_model(ctx, i, m, defaults) for i, m in enumerate(models_raw))
+    seen: set[str] = set()
+    for i, m in enumerate(models):
+        if m.name in seen:
+            raise ctx.fail(f"models[{i}].name", f"duplicate model name {m.name!r}")
+        seen.add(m.name)
+
+    reference = raw.get("reference")
+    if reference is not None:
+        reference = _choice(ctx, "reference", reference, tuple(m.name for m in models))
+    else:
+        reference = next((m.name for m in models if m.arch == "ssn"), None)
+
+    if check_models:
+        for i, m in enumerate(models):
+            _check_model(ctx, i, m)
+
+    return Suite(
+        name=name,
+        path=file,
+        dataset=dataset,
+        train=train,
+        seeds=seeds,
+        models=models,
+        profile=profile,
+        description=description.strip(),
+        reference=reference,
+    )

@@ -1,0 +1,683 @@
+"""Result files -> `report.md`, `results.json`, `results.csv` and `figures/*.png`.
+
+The only module that knows about Markdown. It reads nothing but result records (the runner's JSON
+files), so `ssnbench report DIR` rebuilds a report without training. Numbers are never shown as a
+single run's point estimate: mean ± std over seeds, and bootstrap intervals over test cases.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssnbench.errors import UserError
+
+LABELS = ("DIAG", "PN", "BWV", "VS", "PIG", "STR", "DaG", "RS")
+DIAG_KEYS = ("diag_balanced_acc", "diag_auc_macro", "mel_sensitivity", "mel_specificity")
+SYNTHETIC_BANNER = (
+    "> **⚠ SYNTHETIC DATA.** Every number in this report comes from ssnbench's generated stand-in for "
+    "Derm7pt (random images whose label statistics mimic the release), not from skin lesions. It "
+    "shows that the pipeline works end to end; it says nothing about how well any method classifies "
+    "real lesions."
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and grouping
+
+
+def load_results(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every result record in a folder (the runner's `<model>__seed<k>.json` files)."""
+    from ssnbench.runner import read_result  # noqa: PLC0415
+
+    folder = Path(results_dir)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such results folder (run `ssnbench run SUITE` first)")
+    records = [r for r in (read_result(p) for p in sorted(folder.glob("*.json"))) if r is not None]
+    if not records:
+        raise UserError(
+            f"{folder}: no result files in it (expected <model>__seed<k>.json from `ssnbench run`)"
+        )
+    return records
+
+
+def _models(records: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(model name, its records sorted by seed), in suite order."""
+    by_name: dict[str, list[dict]] = {}
+    order: dict[str, tuple[int, int]] = {}
+    for i, r in enumerate(records):
+        name = r["model"]["name"]
+        by_name.setdefault(name, []).append(r)
+        order.setdefault(name, (int(r.get("model_index", 10**6)), i))
+    names = sorted(by_name, key=lambda n: order[n])
+    return [(n, sorted(by_name[n], key=lambda r: r["seed"])) for n in names]
+
+
+def _ok(runs: Iterable[dict]) -> list[dict]:
+    return [r for r in runs if r.get("status") == "ok"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics (through metrics.py; per-case scores come from the stored predictions)
+
+
+def case_scores(record: dict) -> tuple[list[str], np.ndarray]:
+    """Per test case: mean correctness over the 8 labels (its mean over cases is acc_avg)."""
+    p = record["predictions"]
+    correct = np.asarray(p["pred"]) == np.asarray(p["labels"])
+    return list(p["case_ids"]), correct.mean(axis=1)
+
+
+def case_correct(record: dict, label_index: int) -> np.ndarray:
+    p = record["predictions"]
+    return (np.asarray(p["pred"])[:, label_index] == np.asarray(p["labels"])[:, label_index]).astype(float)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    from ssnbench.metrics import mean_std  # noqa: PLC0415
+
+    m, s = mean_std(values)
+    return float(m), float(s)
+
+
+def _ci(scores: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap CI of the mean of per-case scores."""
+    from ssnbench.metrics import bootstrap_ci  # noqa: PLC0415
+
+    lo, hi = bootstrap_ci(scores, seed=seed)
+    return float(lo), float(hi)
+
+
+def _paired(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Paired bootstrap of mean(a) - mean(b) on the same cases."""
+    from ssnbench.metrics import paired_bootstrap  # noqa: PLC0415
+
+    out = paired_bootstrap(a, b, seed=seed)
+    return {k: float(v) for k, v in dict(out).items()}
+
+
+def _aligned(
+    runs_a: list[dict], runs_b: list[dict], score
+) -> tuple[np.ndarray, np.ndarray, list[int]] | None:
+    """Per-case scores of two models averaged over their COMMON seeds, on the same cases in the same
+    order (seed s of one paired with seed s of the other)."""
+    a_by_seed = {r["seed"]: r for r in runs_a}
+    b_by_seed = {r["seed"]: r for r in runs_b}
+    seeds = sorted(set(a_by_seed) & set(b_by_seed))
+    if not seeds:
+        return None
+    sa, sb = [], []
+    for s in seeds:
+        ids_a = a_by_seed[s]["predictions"]["case_ids"]
+        ids_b = b_by_seed[s]["predictions"]["case_ids"]
+        if ids_a != ids_b:
+            index = {c: i for i, c in enumerate(ids_b)}
+            if set(index) != set(ids_a):
+                return None
+            order = [index[c] for c in ids_a]
+        else:
+            order = list(range(len(ids_b)))
+        sa.append(score(a_by_seed[s]))
+        sb.append(score(b_by_seed[s])[order])
+    return np.mean(sa, axis=0), np.mean(sb, axis=0), seeds
+
+
+def summarize(records: list[dict]) -> dict[str, Any]:
+    """All aggregates the report shows, as plain data (also written to results.json)."""
+    groups = _models(records)
+    models = []
+    for name, runs in groups:
+        ok = _ok(runs)
+        entry: dict[str, Any] = {
+            "name": name,
+            "arch": runs[0]["model"]["arch"],
+            "loss": runs[0]["model"]["loss"],
+            "options": runs[0]["model"].get("options", {}),
+            "seeds": [r["seed"] for r in ok],
+            "failed_seeds": [r["seed"] for r in runs if r.get("status") != "ok"],
+        }
+        if ok:
+            keys = [k for k in ok[0]["metrics"] if all(k in r["metrics"] for r in ok)]
+            entry["metrics"] = {}
+            for k in keys:
+                m, s = _mean_std([r["metrics"][k] for r in ok])
+                entry["metrics"][k] = {"mean": m, "std": s}
+            scores = (
+                np.mean([case_scores(r)[1] for r in ok], axis=0) if _same_cases(ok) else case_scores(ok[0])[1]
+            )
+            entry["acc_avg_ci95"] = list(_ci(scores))
+            entry["best_epochs"] = [r.get("best_epoch") for r in ok]
+            entry["train_seconds"] = [r.get("timings", {}).get("train_seconds") for r in ok]
+            entry["heads"] = ok[0].get("heads")
+            entry["loss_weights"] = ok[0].get("loss_weights")
+            entry["inference_weights"] = ok[0].get("inference_weights")
+            entry["inference_scheme"] = ok[0].get("inference_scheme")
+            entry["profile"] = next((r["profile"] for r in ok if isinstance(r.get("profile"), dict)), None)
+        models.append(entry)
+
+    by_name = dict(groups)
+    reference = next((r.get("reference") for r in records if r.get("reference")), None)
+    paired = []
+    if reference in by_name and _ok(by_name[reference]):
+        ref_runs = _ok(by_name[reference])
+        for name, runs in groups:
+            if name == reference or not _ok(runs):
+                continue
+            row: dict[str, Any] = {"reference": reference, "model": name}
+            avg = _aligned(ref_runs, _ok(runs), lambda r: case_scores(r)[1])
+            if avg is None:
+                row["note"] = "no common seeds or different test cases"
+            else:
+                a, b, seeds = avg
+                row["seeds"] = seeds
+                row["acc_avg"] = _paired(a, b)
+                diag = _aligned(ref_runs, _ok(runs), lambda r: case_correct(r, 0))
+                if diag is not None:
+                    row["acc_DIAG"] = _paired(diag[0], diag[1])
+            paired.append(row)
+
+    ok_records = _ok(records)
+    latest = max(ok_records or records, key=lambda r: r.get("finished_at", ""))
+    commits = sorted({str((r.get("environment") or {}).get("git_commit")) for r in ok_records})
+    devices = sorted({str((r.get("environment") or {}).get("device_name")) for r in ok_records})
+    failed = [
+        {
+            "job": r["job"],
+            "model": r["model"]["name"],
+            "seed": r["seed"],
+            "type": (r.get("error") or {}).get("type"),
+            "message": (r.get("error") or {}).get("message"),
+        }
+        for r in records
+        if r.get("status") != "ok"
+    ]
+    return {
+        "suite": latest.get("suite"),
+        "suite_file": latest.get("suite_file"),
+        "description": latest.get("suite_description", ""),
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": latest.get("dataset"),
+        "train": latest.get("train"),
+        "environment": latest.get("environment"),
+        "commits": commits,
+        "devices": devices,
+        "reference": reference,
+        "models": models,
+        "paired": paired,
+        "failed": failed,
+        "runs": [_run_row(r) for r in records],
+    }
+
+
+def _same_cases(runs: list[dict]) -> bool:
+    first = runs[0]["predictions"]["case_ids"]
+    return all(r["predictions"]["case_ids"] == first for r in runs)
+
+
+def _throughput(profile: dict | None, mode: str, key: str) -> float | None:
+    part = (profile or {}).get(mode)
+    if isinstance(part, dict) and part.get("status", "ok") == "ok":
+        value = part.get(key)
+        return float(value) if isinstance(value, (int, float)) else None
+    return None
+
+
+def _run_row(r: dict) -> dict[str, Any]:
+    """One flat row per run: results.csv and results.json's `runs`."""
+    m = r.get("metrics") or {}
+    prof = r.get("profile") or {}
+    params = prof.get("params") or {}
+    row = {
+        "suite": r.get("suite"),
+        "job": r.get("job"),
+        "model": r["model"]["name"],
+        "arch": r["model"]["arch"],
+        "loss": r["model"].get("loss"),
+        "seed": r.get("seed"),
+        "status": r.get("status"),
+        "dataset": (r.get("dataset") or {}).get("kind"),
+        "best_epoch": r.get("best_epoch"),
+    }
+    for label in LABELS:
+        row[f"acc_{label}"] = m.get(f"acc_{label}")
+    row["acc_avg"] = m.get("acc_avg")
+    for k in DIAG_KEYS:
+        row[k] = m.get(k)
+    row["params"] = params.get("total")
+    row["gmacs"] = prof.get("gmacs")
+    row["train_images_per_s"] = _throughput(prof, "train", "samples_per_sec")
+    row["infer_images_per_s"] = _throughput(prof, "infer", "samples_per_sec")
+    row["train_peak_memory_mb"] = _throughput(prof, "train", "peak_memory_mb")
+    row["train_seconds"] = (r.get("timings") or {}).get("train_seconds")
+    row["error"] = (r.get("error") or {}).get("message")
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+
+
+def _pm(stat: dict | None) -> str:
+    if not stat:
+        return "–"
+    if math.isnan(stat["mean"]):
+        return "–"
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    align = align or "l" + "r" * (len(header) - 1)
+    sep = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _weights(w: dict | None) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in (w or {}).items()) or "–"
+
+
+def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
+    ds = summary.get("dataset") or {}
+    env = summary.get("environment") or {}
+    train = summary.get("train") or {}
+    synthetic = ds.get("kind") == "SYNTHETIC"
+    out = io.StringIO()
+    w = out.write
+    w(f"# ssnbench report: {summary.get('suite')}{' (SYNTHETIC DATA)' if synthetic else ''}\n\n")
+    if synthetic:
+        w(SYNTHETIC_BANNER + "\n\n")
+    if summary.get("description"):
+        w(summary["description"] + "\n\n")
+    w(
+        f"Suite file `{summary.get('suite_file')}`; generated {summary['generated_at']} from "
+        f"{len(summary['runs'])} result files by `ssnbench report` (rebuild: `ssnbench report results/"
+        f"{summary.get('suite')}`).\n\n"
+    )
+
+    w("## Setup\n\n")
+    splits = ds.get("splits") or {}
+    kind = f"**{ds.get('kind', '?')}**"
+    if synthetic and ds.get("synthetic"):
+        s = ds["synthetic"]
+        kind += f" (generated: {s['cases']} cases, seed {s['seed']}, {s['source_size']} px JPEGs)"
+    rows = [
+        ["dataset", kind],
+        ["splits (cases)", " / ".join(f"{k} {v}" for k, v in splits.items())],
+        [
+            "image size",
+            f"{ds.get('image_size')} px (after a border crop of {ds.get('border_crop')} px per side)",
+        ],
+        [
+            "rows without a clinical photo",
+            f"{len(ds.get('no_clinic_rows') or [])}"
+            + (" (dropped)" if ds.get("drop_no_clinic") else " (kept; the derm photo stands in)"),
+        ],
+        [
+            "training",
+            f"{train.get('epochs')} epochs, batch {train.get('batch_size')}, AdamW lr "
+            f"{train.get('lr')} wd {train.get('weight_decay')}, cosine with "
+            f"{train.get('warmup_epochs')} warm-up epochs, grad clip {train.get('grad_clip')}, "
+            f"AMP {'bf16 (CUDA)' if train.get('amp') else 'off'}, "
+            f"checkpoint: best validation average accuracy",
+        ],
+        ["seeds", ", ".join(str(s) for s in sorted({r["seed"] for r in summary["runs"]}))],
+        [
+            "environment",
+            f"git {_short(env.get('git_commit'))}{' (dirty tree)' if env.get('git_dirty') else ''}, "
+            f"Python {env.get('python')}, torch {env.get('torch')}, timm {env.get('timm')}, "
+            f"triton {env.get('triton') or 'not installed'}",
+        ],
+        ["device", ", ".join(summary.get("devices") or [str(env.get("device_name"))])],
+    ]
+    if len(summary.get("commits") or []) > 1:
+        rows.append(
+            ["note", "runs come from several commits: " + ", ".join(_short(c) for c in summary["commits"])]
+        )
+    w(_table(["", ""], rows, "ll") + "\n\n")
+
+    models = summary["models"]
+    ok_models = [m for m in models if m.get("metrics")]
+    maj = (ds.get("majority") or {}).get("metrics") or {}
+
+    w("## 1. Test accuracy (%)\n\n")
+    w(
+        "Top-1 accuracy of each label and their unweighted mean on the test split, evaluated once with the "
+        "checkpoint chosen on the validation split; mean ± std over seeds. 95% CI: bootstrap over test cases "
+        "of the average accuracy (per-case scores averaged over seeds). The last row predicts each label's "
+        "most frequent TRAIN class for every test case: the floor any model must clear.\n\n"
+    )
+    header = ["model", *LABELS, "average", "95% CI", "seeds"]
+    rows = []
+    for m in ok_models:
+        ci = m.get("acc_avg_ci95") or [None, None]
+        rows.append(
+            [
+                f"{m['name']}",
+                *(_pm(m["metrics"].get(f"acc_{lab}")) for lab in LABELS),
+                f"**{_pm(m['metrics'].get('acc_avg'))}**",
+                f"[{_pct(ci[0])}, {_pct(ci[1])}]",
+                str(len(m["seeds"])),
+            ]
+        )
+    if maj:
+        rows.append(
+            [
+                "*majority class*",
+                *(_pct(maj.get(f"acc_{lab}")) for lab in LABELS),
+                f"*{_pct(maj.get('acc_avg'))}*",
+                "",
+                "",
+            ]
+        )
+    w(_table(header, rows) + "\n\n")
+
+    w("## 2. Cost\n\n")
+    w(
+        "Parameters counted once when shared (SSN's encoder serves both modalities). GMACs: fvcore "
+        "multiply-adds of one forward at batch 1 (1 GMAC = 2 GFLOP), attention counted through our handles. "
+        "Images/s count every image a model consumes (two per case for two-image models). "
+        "Throughput and peak "
+        "memory measured on the run's device"
+    )
+    prof0 = next((m.get("profile") for m in ok_models if m.get("profile")), None) or {}
+    tr0 = prof0.get("train") if isinstance(prof0.get("train"), dict) else {}
+    if tr0:
+        w(
+            f" at batch {tr0.get('batch_size')} per modality"
+            + (f", {tr0.get('amp')} autocast" if tr0.get("amp") else "")
+            + (
+                ". On CPU peak memory is a sampled resident-set increase (approximate)"
+                if tr0.get("memory_kind", "").startswith("cpu")
+                else ""
+            )
+        )
+    w(".\n\n")
+    rows = []
+    for m in ok_models:
+        p = m.get("profile") or {}
+        params = p.get("params") or {}
+        tot = params.get("total")
+        parts = "/".join(
+            _num((params.get(k) or 0) / 1e6, ".2f") for k in ("encoder", "cross_attention", "heads")
+        )
+        rows.append(
+            [
+                m["name"],
+                m["arch"],
+                _num(tot / 1e6 if tot else None, ".2f"),
+                parts,
+                _num(p.get("gmacs"), ".3f"),
+                _num(_throughput(p, "train", "samples_per_sec"), ".1f"),
+                _num(_throughput(p, "infer", "samples_per_sec"), ".1f"),
+                _num(_throughput(p, "train", "peak_memory_mb"), ".0f"),
+                _num(
+                    float(np.mean([t for t in m.get("train_seconds") or [] if t is not None]))
+                    if m.get("train_seconds")
+                    else None,
+                    ".0f",
+                ),
+            ]
+        )
+    w(
+        _table(
+            [
+                "model",
+                "arch",
+                "params (M)",
+                "encoder/xattn/heads (M)",
+                "GMACs",
+                "train img/s",
+                "infer img/s",
+                "peak train mem (MB)",
+                "train time (s/seed)",
+            ],
+            rows,
+            "llrrrrrrr",
+        )
+        + "\n\n"
+    )
+
+    w("## 3. Diagnosis (DIAG)\n\n")
+    w(
+        "Balanced accuracy over the 5 classes, macro one-vs-rest AUC, melanoma sensitivity and specificity "
+        "(%, mean ± std over seeds).\n\n"
+    )
+    rows = [[m["name"], *(_pm(m["metrics"].get(k)) for k in DIAG_KEYS)] for m in ok_models]
+    w(_table(["model", "balanced acc", "macro AUC", "MEL sensitivity", "MEL specificity"], rows) + "\n\n")
+
+    ref = summary.get("reference")
+    w(f"## 4. Paired differences: {ref or '(no reference model)'} minus each model\n\n")
+    if summary["paired"]:
+        w(
+            "Percentage points, on the same test cases: seed s of the reference is paired with seed s of the "
+            "other model, per-case scores are averaged over the paired seeds, and the difference of means is "
+            "bootstrapped over cases (95% CI). An interval that excludes 0 is a difference the test "
+            "split can "
+            "resolve.\n\n"
+        )
+        rows = []
+        for p in summary["paired"]:
+            if "acc_avg" not in p:
+                rows.append([f"{p['reference']} − {p['model']}", "–", "–", "–", "–", "–", p.get("note", "")])
+                continue
+            a, d = p["acc_avg"], p.get("acc_DIAG") or {}
+            rows.append(
+                [
+                    f"{p['reference']} − {p['model']}",
+                    str(len(p["seeds"])),
+                    _signed(a.get("diff")),
+                    f"[{_signed(a.get('ci_low'))}, {_signed(a.get('ci_high'))}]",
+                    _signed(d.get("diff")),
+                    f"[{_signed(d.get('ci_low'))}, {_signed(d.get('ci_high'))}]",
+                    _num(a.get("p_value"), ".3f"),
+                ]
+            )
+        w(
+            _table(
+                ["comparison", "seeds", "Δ average acc", "95% CI", "Δ DIAG acc", "95% CI", "p (two-sided)"],
+                rows,
+            )
+            + "\n\n"
+        )
+    else:
+        w(
+            "No paired comparison: the suite has no reference model (`reference:` or an `ssn` model) with "
+            "finished runs.\n\n"
+        )
+
+    w("## 5. How each model combines its heads\n\n")
+    w(
+        "Training loss: weighted sum of each head's mean cross-entropy over the 8 labels. Inference: the "
+        "heads' softmax probabilities are averaged with the inference weights, per label.\n\n"
+    )
+    rows = [
+        [
+            m["name"],
+            m["arch"],
+            ", ".join(m.get("heads") or []),
+            f"{m['loss']}: {_weights(m.get('loss_weights'))}",
+            f"{m.get('inference_scheme')}: {_weights(m.get('inference_weights'))}",
+            _options(m.get("options") or {}),
+        ]
+        for m in ok_models
+    ]
+    w(
+        _table(["model", "arch", "heads", "loss weights", "inference weights", "options"], rows, "llllll")
+        + "\n\n"
+    )
+
+    w("## 6. Failed runs\n\n")
+    if summary["failed"]:
+        rows = [[f["job"], str(f.get("type")), str(f.get("message"))] for f in summary["failed"]]
+        w(_table(["job", "error", "message"], rows, "lll") + "\n\n")
+        w("Full tracebacks are in the result files.\n\n")
+    else:
+        w("None.\n\n")
+
+    if figures:
+        w("## Figures\n\n")
+        for title, rel in figures.items():
+            w(f"![{title}]({rel})\n\n")
+    if synthetic:
+        w("---\n*SYNTHETIC data: these numbers validate the pipeline only.*\n")
+    return out.getvalue()
+
+
+def _short(commit: Any) -> str:
+    return str(commit)[:10] if commit else "unknown"
+
+
+def _signed(x: float | None) -> str:
+    return "–" if x is None or math.isnan(x) else f"{100 * x:+.1f}"
+
+
+def _options(opts: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in opts.items()) or "–"
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _figures(summary: dict, records: list[dict], folder: Path) -> dict[str, str]:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    folder.mkdir(parents=True, exist_ok=True)
+    synthetic = (summary.get("dataset") or {}).get("kind") == "SYNTHETIC"
+    tag = " — SYNTHETIC DATA" if synthetic else ""
+    figures: dict[str, str] = {}
+    ok_models = [m for m in summary["models"] if m.get("metrics")]
+
+    pts = [(m, ((m.get("profile") or {}).get("params") or {}).get("total")) for m in ok_models]
+    pts = [(m, p) for m, p in pts if p]
+    if pts:
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for m, p in pts:
+            acc = m["metrics"]["acc_avg"]
+            ax.errorbar(p / 1e6, 100 * acc["mean"], yerr=100 * acc["std"], fmt="o", capsize=3)
+            ax.annotate(
+                m["name"], (p / 1e6, 100 * acc["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8
+            )
+        maj = ((summary.get("dataset") or {}).get("majority") or {}).get("metrics", {}).get("acc_avg")
+        if maj is not None:
+            ax.axhline(100 * maj, ls="--", color="grey", lw=1, label="majority class")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_xlabel("parameters (M, shared counted once)")
+        ax.set_ylabel("test average accuracy (%), mean ± std")
+        ax.set_title("Accuracy vs parameters" + tag, fontsize=10)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        _save(fig, folder / "accuracy_vs_params.png")
+        plt.close(fig)
+        figures["Accuracy vs parameters"] = "figures/accuracy_vs_params.png"
+
+    curves = {}
+    for name, runs in _models(records):
+        hist = [r.get("history") or [] for r in _ok(runs)]
+        if not hist or not all(hist):
+            continue
+        n = min(len(h) for h in hist)
+        curves[name] = (
+            np.mean([[row["valid_acc_avg"] for row in h[:n]] for h in hist], axis=0),
+            np.mean([[row["train_loss"] for row in h[:n]] for h in hist], axis=0),
+        )
+    if curves:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        for name, (acc, loss) in curves.items():
+            epochs = np.arange(1, len(acc) + 1)
+            ax1.plot(epochs, 100 * acc, marker=".", label=name)
+            ax2.plot(epochs, loss, marker=".", label=name)
+        ax1.set_xlabel("epoch")
+        ax1.set_ylabel("validation average accuracy (%)")
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel("training loss")
+        for ax in (ax1, ax2):
+            ax.grid(alpha=0.3)
+        ax1.legend(fontsize=7)
+        fig.suptitle("Validation curves (mean over seeds)" + tag, fontsize=10)
+        fig.tight_layout()
+        _save(fig, folder / "validation_curves.png")
+        plt.close(fig)
+        figures["Validation curves"] = "figures/validation_curves.png"
+    return figures
+
+
+def _save(fig: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, metadata={"Software": None})
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {
+                    k: ("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v))
+                    for k, v in row.items()
+                }
+            )
+    return buf.getvalue()
+
+
+def write_report(records: list[dict], report_dir: str | os.PathLike) -> Path:
+    """Write report.md, results.json, results.csv and figures/ into `report_dir`; returns report.md."""
+    folder = Path(report_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = summarize(records)
+    figures = _figures(summary, records, folder / "figures")
+    _write_text(folder / "results.json", json.dumps(summary, indent=1, default=str) + "\n")
+    _write_text(folder / "results.csv", _csv(summary["runs"]))
+    path = folder / "report.md"
+    _write_text(path, render(summary, figures))
+    return path
+
+
+def cli_report(args: Any) -> int:
+    records = load_results(args.results_dir)
+    suite = next((r.get("suite") for r in records if r.get("suite")), Path(args.results_dir).name)
+    report_dir = Path(args.report_dir) if getattr(args, "report_dir", None) else Path("reports") / str(suite)
+    path = write_report(records, report_dir)
+    print(f"report: {path}")
+    return 0

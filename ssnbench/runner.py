@@ -1,0 +1,532 @@
+"""Suite -> jobs, one per (model, seed); each job trains, evaluates and writes ONE result file.
+
+Why the shape: a suite of 40 runs must survive a crash, a NaN or a Ctrl-C without losing the runs
+already done, so every result is a separate JSON written atomically (temp file in the same folder,
+then `os.replace`), a finished file means "skip" on the next invocation, and a failure is recorded
+in its file (status failed, message, traceback) while the suite goes on. Only this module knows
+about suites; training, metrics, profiling and the report take plain data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssnbench import config as config_mod
+from ssnbench.config import DatasetSpec, ModelSpec, Suite
+from ssnbench.errors import UserError
+from ssnbench.progress import Progress, make_progress
+
+SCHEMA = 1
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Job:
+    model: ModelSpec
+    model_index: int
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.model.name}__seed{self.seed}"
+
+
+def plan(suite: Suite) -> list[Job]:
+    """Seed-major order, so that a partial suite already has every model at its first seed."""
+    return [Job(m, i, s) for s in suite.seeds for i, m in enumerate(suite.models)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see half a file,
+    and an interrupt leaves at most a stray temp file that we remove."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1, allow_nan=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_result(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None
+
+
+def result_path(out: Path, job: Job) -> Path:
+    return out / f"{job.id}.json"
+
+
+def job_hash(suite: Suite, job: Job) -> str:
+    """What a result depends on: a changed suite entry invalidates only the affected results."""
+    key = {
+        "model": job.model.to_dict(),
+        "seed": job.seed,
+        "train": asdict(suite.train),
+        "dataset": asdict(suite.dataset),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment and data
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Everything needed to tell two result files' numbers apart (versions, device, commit)."""
+    import timm  # noqa: PLC0415
+
+    try:
+        import triton  # noqa: PLC0415
+
+        triton_version = triton.__version__
+    except Exception:  # noqa: BLE001 - absent or broken on CPU-only machines
+        triton_version = None
+    commit = _git("rev-parse", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU: {_cpu_name()} ({torch.get_num_threads()} threads)"
+    return {
+        "git_commit": commit,
+        "git_dirty": bool(dirty) if dirty is not None else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "device": device.type,
+        "device_name": name,
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+    }
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SSNBENCH_CACHE", ".ssnbench-cache"))
+
+
+def synthetic_root(spec: DatasetSpec, cache: Path | None = None) -> Path:
+    """Generate the synthetic release on first use; reuse it afterwards.
+
+    Generated into a temp folder and renamed into place, so an interrupted generation is never
+    mistaken for a finished one. The cache key includes the generator's source, so a changed
+    generator produces a new dataset instead of silently reusing the old one.
+    """
+    from ssnbench.data import synthetic  # noqa: PLC0415
+
+    cache = cache or cache_root()
+    source = Path(synthetic.__file__).read_bytes()
+    key = json.dumps({"cases": spec.cases, "seed": spec.seed, "size": spec.source_size}, sort_keys=True)
+    digest = hashlib.sha256(key.encode() + source).hexdigest()[:12]
+    final = cache / f"synthetic-{spec.cases}c-s{spec.seed}-{spec.source_size}px-{digest}"
+    if (final / "release_v0" / "meta" / "meta.csv").is_file():
+        return final / "release_v0"
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache))
+    try:
+        synthetic.generate(tmp, cases=spec.cases, seed=spec.seed, image_size=spec.source_size)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / "release_v0" / "meta" / "meta.csv").is_file():  # not a concurrent winner
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final / "release_v0"
+
+
+def majority_baseline(train_labels: np.ndarray, test_labels: np.ndarray) -> dict[str, Any]:
+    """Predict each label's most frequent TRAIN class for every test case: the floor to beat."""
+    from ssnbench.data.derm7pt import CLASSES, LABELS  # noqa: PLC0415
+
+    accs, classes = {}, {}
+    for i, label in enumerate(LABELS):
+        counts = np.bincount(train_labels[:, i], minlength=len(CLASSES[label]))
+        top = int(np.argmax(counts))
+        classes[label] = CLASSES[label][top]
+        accs[f"acc_{label}"] = float(np.mean(test_labels[:, i] == top))
+    accs["acc_avg"] = float(np.mean([accs[f"acc_{label}"] for label in LABELS]))
+    return {"class": classes, "metrics": accs}
+
+
+@dataclass
+class Data:
+    datasets: dict[str, Any]
+    info: dict[str, Any]
+
+
+def open_data(spec: DatasetSpec, progress: Progress | None = None) -> Data:
+    """Load (generating if synthetic) the release once per suite; every job reuses the datasets."""
+    from ssnbench.data.derm7pt import load_release, make_datasets  # noqa: PLC0415
+
+    if spec.kind == "synthetic":
+        t0 = time.perf_counter()
+        root = synthetic_root(spec)
+        if progress:
+            progress.log(f"synthetic data: {root} ({time.perf_counter() - t0:.1f}s)")
+    else:
+        root = Path(spec.root or "")
+    release = load_release(root, drop_no_clinic=spec.drop_no_clinic)
+    datasets = make_datasets(
+        release,
+        image_size=spec.image_size,
+        border_crop=spec.border_crop,
+        augment=spec.augment,
+        drop_no_clinic=spec.drop_no_clinic,
+        cache=True,
+    )
+    train_labels = np.asarray(datasets["train"].labels, dtype=np.int64)
+    test_labels = np.asarray(datasets["test"].labels, dtype=np.int64)
+    info = {
+        "kind": "SYNTHETIC" if spec.kind == "synthetic" else "REAL",
+        "root": str(root),
+        "splits": {k: len(v) for k, v in datasets.items()},
+        "image_size": spec.image_size,
+        "border_crop": spec.border_crop,
+        "drop_no_clinic": spec.drop_no_clinic,
+        "no_clinic_rows": list(getattr(release, "no_clinic_rows", []) or []),
+        "majority": majority_baseline(train_labels, test_labels),
+    }
+    if spec.kind == "synthetic":
+        info["synthetic"] = {"cases": spec.cases, "seed": spec.seed, "source_size": spec.source_size}
+    return Data(datasets, info)
+
+
+# ---------------------------------------------------------------------------------------------
+# One job
+
+
+def _class_weights(train_labels: np.ndarray) -> list[torch.Tensor]:
+    """Inverse class frequency per label (n / (k * count)), 1 for absent classes."""
+    from ssnbench.data.derm7pt import NUM_CLASSES  # noqa: PLC0415
+
+    out = []
+    for i, k in enumerate(NUM_CLASSES):
+        counts = np.bincount(train_labels[:, i], minlength=k).astype(np.float64)
+        w = np.where(counts > 0, counts.sum() / (k * np.maximum(counts, 1)), 1.0)
+        out.append(torch.tensor(w, dtype=torch.float32))
+    return out
+
+
+def heads_of(model: torch.nn.Module, image_size: int) -> list[str]:
+    """The heads a model really has (keys of its output), from one tiny forward pass."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        x = torch.zeros(1, 3, image_size, image_size, device=device)
+        outputs = model(x, x)
+    model.train(was_training)
+    return [h for h in ("clinic", "derm", "fused") if h in outputs] + [
+        h for h in outputs if h not in ("clinic", "derm", "fused")
+    ]
+
+
+def resolve_weights(spec: ModelSpec, heads: list[str]) -> tuple[dict[str, float], dict[str, float], str]:
+    """(loss head weights, inference head weights, inference scheme) for this model's heads."""
+    from ssnbench.losses import head_weights_for  # noqa: PLC0415
+
+    def _only(weights: dict[str, float] | None) -> dict[str, float] | None:
+        return None if weights is None else {k: v for k, v in weights.items() if k in heads}
+
+    loss_w = dict(head_weights_for(spec.loss, heads, _only(spec.loss_weights)))
+    scheme = spec.loss if spec.inference == "same" else spec.inference
+    overrides = spec.inference_weights
+    if overrides is None and spec.inference == "same":
+        overrides = spec.loss_weights
+    infer_w = dict(head_weights_for(scheme, heads, _only(overrides)))
+    if spec.inference_weights is not None:
+        scheme = "custom"
+    return loss_w, infer_w, scheme
+
+
+def profile_model(spec: ModelSpec, suite: Suite, device: torch.device) -> dict[str, Any]:
+    """Parameters, GMACs (fvcore multiply-adds at batch 1), train/inference throughput and peak
+    memory, through profiling.py (the same code as `ssnbench bench models`).
+
+    On a freshly built model so the measurement never disturbs a seeded training run.
+    """
+    from ssnbench import profiling  # noqa: PLC0415
+    from ssnbench.models.registry import build_model  # noqa: PLC0415
+
+    model = build_model(spec.arch, **spec.options)
+    size = suite.dataset.image_size
+    cuda = device.type == "cuda"
+    amp, cl = suite.train.amp and cuda, suite.train.channels_last and cuda
+    if suite.profile.enabled:
+        out = profiling.profile_model(
+            model,
+            size,
+            device=device,
+            batch_size=suite.profile.batch_size,
+            amp=amp,
+            channels_last=cl,
+            warmup=suite.profile.warmup,
+            iters=suite.profile.iters,
+        )
+    else:
+        macs = profiling.gmacs_report(model, size)
+        out = {
+            "params": profiling.count_parameters(model),
+            "gmacs": macs["gmacs"],
+            "gmacs_note": macs["note"],
+        }
+    out = json.loads(json.dumps(out, default=str))  # plain JSON data (no tensors, tuples, devices)
+    out["device"] = device.type
+    del model
+    return out
+
+
+def run_job(
+    suite: Suite,
+    job: Job,
+    data: Data,
+    device: torch.device,
+    env: dict[str, Any],
+    profile: dict[str, Any] | None,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Train/evaluate one (model, seed) and return its result record (never raises for a model's
+    failure: the error is recorded; KeyboardInterrupt propagates)."""
+    from ssnbench.data.derm7pt import LABELS  # noqa: PLC0415
+    from ssnbench.losses import MultiHeadLoss  # noqa: PLC0415
+    from ssnbench.models.registry import build_model  # noqa: PLC0415
+    from ssnbench.train import fit, seed_everything  # noqa: PLC0415
+
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "suite": suite.name,
+        "suite_file": suite.path,
+        "suite_description": suite.description,
+        "reference": suite.reference,
+        "job": job.id,
+        "job_hash": job_hash(suite, job),
+        "model_index": job.model_index,
+        "model": job.model.to_dict(),
+        "seed": job.seed,
+        "status": "running",
+        "error": None,
+        "train": asdict(suite.train),
+        "dataset": data.info,
+        "environment": env,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    t0 = time.perf_counter()
+    try:
+        seed_everything(job.seed)
+        model = build_model(job.model.arch, **job.model.options).to(device)
+        heads = heads_of(model, suite.dataset.image_size)
+        loss_w, infer_w, scheme = resolve_weights(job.model, heads)
+        record["heads"] = heads
+        record["loss_weights"] = loss_w
+        record["inference_weights"] = infer_w
+        record["inference_scheme"] = scheme
+        class_w = None
+        if suite.train.class_weights:
+            class_w = [w.to(device) for w in _class_weights(np.asarray(data.datasets["train"].labels))]
+        loss_fn = MultiHeadLoss(loss_w, class_weights=class_w)
+        seed_everything(job.seed)  # the dry forward must not shift the training RNG stream
+        result = fit(
+            model,
+            data.datasets,
+            suite.train,
+            loss_fn,
+            infer_w,
+            device,
+            job.seed,
+            on_epoch=lambda row: progress.epoch_end(job.id, row, suite.train.epochs),
+        )
+        del model
+        test = result.test
+        pred = np.stack([p.argmax(axis=1) for p in test.probs], axis=1)
+        record.update(
+            status="ok",
+            metrics=result.test_metrics,
+            valid_metrics=result.best_valid,
+            best_epoch=result.best_epoch,
+            history=result.history,
+            predictions={
+                "labels_order": list(LABELS),
+                "case_ids": test.case_ids,
+                "labels": test.labels.astype(int).tolist(),
+                "pred": pred.astype(int).tolist(),
+                "diag_probs": np.round(test.probs[0].astype(np.float64), 5).tolist(),
+            },
+            timings={"train_seconds": result.train_seconds, "test_seconds": result.test_seconds},
+        )
+        if profile is None:
+            try:
+                profile = profile_model(job.model, suite, device)
+            except Exception as err:  # noqa: BLE001 - the accuracy result stands without a profile
+                profile = {"error": f"{type(err).__name__}: {err}"}
+        record["profile"] = profile
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # noqa: BLE001 - isolation: one model's failure must not stop a suite
+        oom = isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+        record.update(
+            status="failed",
+            error={
+                "type": type(err).__name__,
+                "message": ("out of memory: " if oom else "")
+                + (str(err).strip().splitlines() or [""])[0][:500],
+                "traceback": traceback.format_exc(),
+            },
+        )
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    record.setdefault("timings", {})["total_seconds"] = time.perf_counter() - t0
+    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def run_suite(
+    suite: Suite,
+    out: Path,
+    report_dir: Path | None,
+    device: torch.device,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> int:
+    """Run every unfinished job, then write the report. Returns 0, or 1 when some job failed."""
+    progress = progress or Progress()
+    jobs = plan(suite)
+    todo: list[Job] = []
+    existing: dict[str, dict] = {}
+    for job in jobs:
+        prev = read_result(result_path(out, job))
+        if prev is not None:
+            existing[job.id] = prev
+        if force or prev is None or prev.get("status") != "ok":
+            todo.append(job)
+        elif prev.get("job_hash") != job_hash(suite, job):
+            progress.log(f"{job.id}: suite entry changed since its result was written; re-running")
+            todo.append(job)
+
+    if device.type == "cpu":
+        torch.set_num_threads(suite.train.threads or max(1, min(8, os.cpu_count() or 1)))
+    with progress:
+        progress.suite_start(suite.name, len(jobs), len(todo))
+        if todo:
+            data = open_data(suite.dataset, progress)
+            progress.log(
+                f"dataset {data.info['kind']}: splits {data.info['splits']}, "
+                f"{suite.dataset.image_size}px, border crop {suite.dataset.border_crop}px"
+            )
+            env = environment(device)
+            profiles: dict[str, dict] = {}
+            names = {m.name for m in suite.models}
+            for rec in existing.values():  # a profile measured earlier on this device is reused
+                p, name = rec.get("profile"), (rec.get("model") or {}).get("name")
+                if (
+                    not force
+                    and rec.get("status") == "ok"
+                    and isinstance(p, dict)
+                    and "error" not in p
+                    and p.get("device") == device.type
+                    and name in names
+                    and rec["model"] == suite.model(name).to_dict()
+                ):
+                    profiles.setdefault(name, p)
+            for n, job in enumerate(todo, 1):
+                progress.job_start(n, len(todo), job.id, suite.train.epochs)
+                record = run_job(suite, job, data, device, env, profiles.get(job.model.name), progress)
+                if record["status"] == "ok" and "error" not in record.get("profile", {}):
+                    profiles.setdefault(job.model.name, record["profile"])
+                write_json_atomic(result_path(out, job), record)
+                if record["status"] == "ok":
+                    m = record["metrics"]
+                    progress.job_end(
+                        job.id,
+                        "ok",
+                        f"test acc_avg {m['acc_avg']:.4f} (best epoch "
+                        f"{record['best_epoch']}, {record['timings']['total_seconds']:.0f}s)",
+                    )
+                else:
+                    progress.job_end(
+                        job.id, "FAILED", f"{record['error']['type']}: {record['error']['message']}"
+                    )
+        records = [r for r in (read_result(result_path(out, j)) for j in jobs) if r is not None]
+        failed = [r for r in records if r.get("status") != "ok"]
+        if report_dir is not None:
+            from ssnbench.report import write_report  # noqa: PLC0415
+
+            path = write_report(records, report_dir)
+            progress.log(f"report: {path}")
+        if failed:
+            progress.log(f"{len(failed)} of {len(jobs)} jobs failed: " + ", ".join(r["job"] for r in failed))
+    return 1 if failed else 0
+
+
+def cli_run(args: Any) -> int:
+    suite = config_mod.load(args.suite)
+    out = Path(args.out) if args.out else Path("results") / suite.name
+    report_dir = Path(args.report_dir) if getattr(args, "report_dir", None) else Path("reports") / suite.name
+    device = pick_device(args.device)
+    t0 = time.perf_counter()
+    progress = make_progress()
+    code = run_suite(suite, out, report_dir, device, force=args.force, progress=progress)
+    progress.log(f"suite {suite.name} finished in {time.perf_counter() - t0:.0f}s; results in {out}")
+    sys.stdout.flush()
+    return code
