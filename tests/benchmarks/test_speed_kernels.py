@@ -1,0 +1,87 @@
+"""Speed of the fused shared cross-attention op and of the SharedCrossAttention block per impl."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+
+kernels = pytest.importorskip("ssnbench.kernels")
+
+# SSN-ResNet50 at 224 px: 3136/784/196/49 tokens per stage; head dims 32 and 64 (8 heads), B=32.
+if CUDA:
+    B, H, DTYPE = 32, 8, torch.bfloat16
+    STAGES = [(tokens, d) for tokens in (3136, 784, 196, 49) for d in (32, 64)]
+else:  # the same four stages of a 64-px ResNet, tiny: guards correctness, not speed
+    B, H, DTYPE = 2, 2, torch.float32
+    STAGES = [(256, 16), (64, 16), (16, 16), (4, 16)]
+IDS = [f"L{tokens}-d{d}" for tokens, d in STAGES]
+
+
+def _qkv(tokens: int, d: int, grad: bool) -> list[torch.Tensor]:
+    gen = torch.Generator(device=DEVICE).manual_seed(tokens * d)
+    return [torch.randn(B, H, tokens, d, device=DEVICE, dtype=DTYPE, generator=gen).requires_grad_(grad)
+            for _ in range(6)]
+
+
+@pytest.mark.benchmark(group="op-forward")
+@pytest.mark.benchmark_threshold(10 if CUDA else 25)
+@pytest.mark.parametrize(("tokens", "d"), STAGES, ids=IDS)
+def test_fused_op_forward(tokens: int, d: int, timed: Callable[..., Any], reference_dispatch: None) -> None:
+    qkv = _qkv(tokens, d, grad=False)
+    with torch.inference_mode():
+        o_c, o_d = timed(lambda: kernels.shared_cross_attention(*qkv))
+    assert o_c.shape == o_d.shape == (B, H, tokens, d)
+    assert torch.isfinite(o_c.float()).all() and torch.isfinite(o_d.float()).all()
+
+
+@pytest.mark.benchmark(group="op-forward-backward")
+@pytest.mark.benchmark_threshold(10 if CUDA else 25)
+@pytest.mark.parametrize(("tokens", "d"), STAGES, ids=IDS)
+def test_fused_op_forward_backward(tokens: int, d: int, timed: Callable[..., Any],
+                                   reference_dispatch: None) -> None:
+    qkv = _qkv(tokens, d, grad=True)
+    grads_out = [torch.randn(B, H, tokens, d, device=DEVICE, dtype=DTYPE) for _ in range(2)]
+
+    def step() -> tuple[torch.Tensor, ...]:
+        outs = kernels.shared_cross_attention(*qkv)
+        return torch.autograd.grad(outs, qkv, grads_out)
+
+    grads = timed(step)
+    assert len(grads) == 6 and all(torch.isfinite(g.float()).all() for g in grads)
+
+
+# The block on one stage: 784 tokens (28x28) x 512 channels on CUDA; 8x8 x 32 on CPU.
+BLOCK = dict(b=32, c=512, side=28, heads=8) if CUDA else dict(b=2, c=32, side=8, heads=4)
+
+
+@pytest.mark.benchmark(group="block-forward-backward")
+@pytest.mark.benchmark_threshold(10 if CUDA else 25)
+@pytest.mark.parametrize("impl", ["reference", "sdpa", "triton"])
+def test_block_forward_backward(impl: str, timed: Callable[..., Any], reference_dispatch: None) -> None:
+    if impl == "triton" and not CUDA:
+        pytest.skip("impl triton is timed on CUDA only (on CPU it is the interpreter)")
+    xattn = pytest.importorskip("ssnbench.models.cross_attention")
+    b, c, side, heads = BLOCK["b"], BLOCK["c"], BLOCK["side"], BLOCK["heads"]
+    block = xattn.SharedCrossAttention(c, num_heads=heads, impl=impl).to(DEVICE)
+    with torch.no_grad():  # the gate starts at zero; open it so the attention path gets gradient
+        for name, p in block.named_parameters():
+            if "gate" in name:
+                p.fill_(0.5)
+    f_c = torch.randn(b, c, side, side, device=DEVICE, requires_grad=True)
+    f_d = torch.randn(b, c, side, side, device=DEVICE, requires_grad=True)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if CUDA else torch.autocast("cpu", enabled=False)
+
+    def step() -> None:
+        block.zero_grad(set_to_none=True)
+        with autocast:
+            y_c, y_d = block(f_c, f_d)
+        (y_c.float().square().mean() + y_d.float().square().mean()).backward()
+
+    timed(step, images=2 * b)
+    assert all(p.grad is not None for p in block.parameters() if p.requires_grad)
