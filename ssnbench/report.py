@@ -162,6 +162,7 @@ def summarize(records: list[dict]) -> dict[str, Any]:
             entry["loss_weights"] = ok[0].get("loss_weights")
             entry["inference_weights"] = ok[0].get("inference_weights")
             entry["inference_scheme"] = ok[0].get("inference_scheme")
+            entry["inference_description"] = ok[0].get("inference_description")
             entry["profile"] = next((r["profile"] for r in ok if isinstance(r.get("profile"), dict)), None)
         models.append(entry)
 
@@ -292,7 +293,7 @@ def _table(header: list[str], rows: list[list[str]], align: str | None = None) -
 
 
 def _weights(w: dict | None) -> str:
-    return ", ".join(f"{k} {v:g}" for k, v in (w or {}).items()) or "–"
+    return ", ".join(f"{k} {v:.3g}" for k, v in (w or {}).items()) or "–"
 
 
 def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
@@ -515,13 +516,14 @@ def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
             m["arch"],
             ", ".join(m.get("heads") or []),
             f"{m['loss']}: {_weights(m.get('loss_weights'))}",
-            f"{m.get('inference_scheme')}: {_weights(m.get('inference_weights'))}",
+            m.get("inference_description")
+            or f"{m.get('inference_scheme')}: {_weights(m.get('inference_weights'))}",
             _options(m.get("options") or {}),
         ]
         for m in ok_models
     ]
     w(
-        _table(["model", "arch", "heads", "loss weights", "inference weights", "options"], rows, "llllll")
+        _table(["model", "arch", "heads", "training loss weights", "inference", "options"], rows, "llllll")
         + "\n\n"
     )
 

@@ -245,18 +245,6 @@ def open_data(spec: DatasetSpec, progress: Progress | None = None) -> Data:
 # One job
 
 
-def _class_weights(train_labels: np.ndarray) -> list[torch.Tensor]:
-    """Inverse class frequency per label (n / (k * count)), 1 for absent classes."""
-    from ssnbench.data.derm7pt import NUM_CLASSES  # noqa: PLC0415
-
-    out = []
-    for i, k in enumerate(NUM_CLASSES):
-        counts = np.bincount(train_labels[:, i], minlength=k).astype(np.float64)
-        w = np.where(counts > 0, counts.sum() / (k * np.maximum(counts, 1)), 1.0)
-        out.append(torch.tensor(w, dtype=torch.float32))
-    return out
-
-
 def heads_of(model: torch.nn.Module, image_size: int) -> list[str]:
     """The heads a model really has (keys of its output), from one tiny forward pass."""
     device = next(model.parameters()).device
@@ -338,7 +326,7 @@ def run_job(
     """Train/evaluate one (model, seed) and return its result record (never raises for a model's
     failure: the error is recorded; KeyboardInterrupt propagates)."""
     from ssnbench.data.derm7pt import LABELS  # noqa: PLC0415
-    from ssnbench.losses import MultiHeadLoss  # noqa: PLC0415
+    from ssnbench.losses import MultiHeadLoss, class_weights_from_labels, describe_combination  # noqa: PLC0415
     from ssnbench.models.registry import build_model  # noqa: PLC0415
     from ssnbench.train import fit, seed_everything  # noqa: PLC0415
 
@@ -370,10 +358,11 @@ def run_job(
         record["loss_weights"] = loss_w
         record["inference_weights"] = infer_w
         record["inference_scheme"] = scheme
+        record["inference_description"] = describe_combination(heads, infer_w)
         class_w = None
         if suite.train.class_weights:
-            class_w = [w.to(device) for w in _class_weights(np.asarray(data.datasets["train"].labels))]
-        loss_fn = MultiHeadLoss(loss_w, class_weights=class_w)
+            class_w = class_weights_from_labels(torch.as_tensor(np.asarray(data.datasets["train"].labels)))
+        loss_fn = MultiHeadLoss(loss_w, class_weights=class_w).to(device)
         seed_everything(job.seed)  # the dry forward must not shift the training RNG stream
         result = fit(
             model,
