@@ -1,0 +1,321 @@
+"""A timm backbone, by name, split into feature stages so that blocks can act between stages.
+
+timm's `features_only` wrappers return all stage outputs at the end of one forward; SSN needs to
+*change* the features between stages (cross-attention of the two modalities), so we split the
+model ourselves:
+
+* hierarchical models with `feature_info` (ResNet, ConvNeXt, EfficientNet, RegNet, DenseNet,
+  MobileNet, Swin, ...): the model's children are flattened in order (the same assumption timm's
+  FeatureListNet makes: `forward_features` runs its children in sequence) and cut after each
+  `feature_info` module. Swin's stages are NHWC; `to_map`/`from_map` convert.
+* plain ViTs (timm `VisionTransformer`: vit_*, deit_*): the blocks are grouped into `vit_stages`
+  stages of equal depth; the patch tokens are reshaped to a [B, C, H, W] map (prefix tokens are
+  carried along untouched).
+
+`StagedBackbone` exposes `forward_stage(i, x)` in the model's native layout, `to_map`/`from_map`
+for [B, C, H, W] maps, `pool` (global average, or the ViT's own token pooling) and `channels`,
+`reductions` per stage. `encode_pair` runs two images through (one or two) backbones in lock-step
+with optional blocks after chosen stages: it is the forward of every two-image model.
+
+Weights: `pretrained=False` (random init) or a local file (.safetensors / .pth / .pt / .bin, a raw
+state dict or a training checkpoint) loaded into the full timm model (the model's own checkpoint
+filter runs, so e.g. a ViT's position embedding is resized to `img_size`); the classifier is
+dropped and any other missing/unexpected key is an error. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import sys
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from ssnbench.errors import ConfigError
+
+__all__ = ["KV_TOKEN_BUDGET", "StagedBackbone", "auto_kv_reduction", "create_backbone", "encode_pair"]
+
+#: Default K/V token budget per image for cross-attention (28x28): `kv_reduction: auto` pools K/V
+#: of larger stages down to at most this many tokens (e.g. the stride-4 stage at 224 px: 3136 -> 784).
+KV_TOKEN_BUDGET = 784
+
+_logger = logging.getLogger(__name__)
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    return f"; close matches: {', '.join(close)}" if close else "; see timm.list_models()"
+
+
+def _check_backbone_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"backbone: expected a timm model name, got {name!r}")
+    if name.startswith(("hf-hub:", "hf_hub:", "timm/")):
+        raise ConfigError(
+            f"backbone: {name!r} would be downloaded; give a timm architecture name and a local file"
+        )
+    if not timm.is_model(name):
+        raise ConfigError(f"backbone: unknown timm model {name!r}{_suggest(name)}")
+    return name
+
+
+def _resolve_pretrained(pretrained: object) -> Path | None:
+    if pretrained is None or pretrained is False:
+        return None
+    if pretrained is True:
+        raise ConfigError(
+            "pretrained: true would download weights, which ssnbench never does; "
+            "give the path of a local .safetensors/.pth file (or false)"
+        )
+    if not isinstance(pretrained, (str, Path)) or not str(pretrained):
+        raise ConfigError(f"pretrained: expected false or a path to a weights file, got {pretrained!r}")
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"pretrained: weights file {str(path)!r} does not exist")
+    return path
+
+
+def _load_weights(model: nn.Module, path: Path, name: str) -> None:
+    """Load a local checkpoint into the full timm model: strict except for the classifier."""
+    if any(p.is_meta for p in model.parameters()):
+        return  # validation build on the meta device: nothing to load into
+    from timm.models import load_state_dict
+
+    try:
+        state = load_state_dict(str(path), use_ema=False, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise ConfigError(
+            f"pretrained: cannot read weights file {str(path)!r}: {type(err).__name__}: {err}"
+        ) from None
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            state = filter_fn(state, model)
+        except Exception:  # noqa: BLE001 - filters expect the upstream layout; a timm-layout file needs none
+            _logger.debug("checkpoint filter of %s failed on %s; loading unfiltered", name, path)
+    classifiers = model.pretrained_cfg.get("classifier") or ()
+    if isinstance(classifiers, str):
+        classifiers = (classifiers,)
+    for cls in classifiers:
+        for key in [k for k in state if k == cls or k.startswith(cls + ".")]:
+            del state[key]
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatch
+        first = str(err).split("\n\t")[1] if "\n\t" in str(err) else str(err)
+        raise ConfigError(
+            f"pretrained: {str(path)!r} does not fit backbone {name!r}: {first.strip()}"
+        ) from None
+    if result.missing_keys or result.unexpected_keys:
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+        raise ConfigError(
+            f"pretrained: {str(path)!r} does not fit backbone {name!r}: {len(missing)} missing keys "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:2]})"
+        )
+
+
+def _flatten_until(model: nn.Module, targets: list[str]) -> list[tuple[str, nn.Module]]:
+    """The model's modules in execution order, descending only into containers holding a target."""
+    leaves: list[tuple[str, nn.Module]] = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for child_name, child in module.named_children():
+            q = f"{prefix}{child_name}"
+            if q in targets or not any(t.startswith(q + ".") for t in targets):
+                leaves.append((q, child))
+            else:
+                if not isinstance(child, (nn.Sequential, nn.ModuleList)):
+                    raise ValueError(f"{q} ({type(child).__name__}) is not a sequential container")
+                visit(child, q + ".")
+
+    visit(model, "")
+    names = [n for n, _ in leaves]
+    last = names.index(targets[-1])
+    return leaves[: last + 1]
+
+
+class StagedBackbone(nn.Module):
+    """A timm model cut into stages; see the module docstring.
+
+    Attributes: `name`, `fmt` (`NCHW`, `NHWC` or `NLC`), `channels`/`reductions` per stage,
+    `num_features` (pooled width), `num_stages`.
+    """
+
+    def __init__(self, name: str, model: nn.Module, vit_stages: int = 4) -> None:
+        super().__init__()
+        self.name = name
+        from timm.models.vision_transformer import VisionTransformer
+
+        if isinstance(model, VisionTransformer):
+            self._init_vit(model, vit_stages)
+        else:
+            self._init_hierarchical(model)
+        self.num_stages = len(self.channels)
+        self.num_features = self.channels[-1]
+
+    # ----------------------------------------------------------------------------- construction
+    def _init_hierarchical(self, model: nn.Module) -> None:
+        info = getattr(model, "feature_info", None)
+        if not info:
+            raise ConfigError(f"backbone: {self.name!r} exposes no feature stages (timm feature_info)")
+        targets = [f["module"] for f in info]
+        try:
+            leaves = _flatten_until(model, targets)
+        except ValueError as err:
+            raise ConfigError(f"backbone: {self.name!r} cannot be split into stages ({err})") from None
+        stages, current = [], []
+        for qname, module in leaves:
+            current.append((qname.replace(".", "_"), module))
+            if qname in targets:
+                stages.append(nn.Sequential(OrderedDict(current)))
+                current = []
+        self.stages = nn.ModuleList(stages)
+        self.channels = tuple(int(f["num_chs"]) for f in info)
+        self.reductions = tuple(int(f["reduction"]) for f in info)
+        fmt = str(getattr(model, "output_fmt", "NCHW"))
+        self.fmt = "NHWC" if fmt.endswith("NHWC") else "NCHW"
+        self.vit = None
+
+    def _init_vit(self, model: nn.Module, vit_stages: int) -> None:
+        depth = len(model.blocks)
+        n = int(vit_stages)
+        if not 1 <= n <= depth:
+            raise ConfigError(f"vit_stages: must be in 1..{depth} for {self.name!r}, got {vit_stages!r}")
+        bounds = [round(depth * (i + 1) / n) for i in range(n)]
+        self.vit = model  # keeps patch_embed, pos/cls tokens, blocks, norms (its head is Identity)
+        self._bounds = [0, *bounds]
+        self.stages = None
+        dim = int(model.embed_dim)
+        patch = model.patch_embed.patch_size
+        self.channels = (dim,) * n
+        self.reductions = (int(patch[0]),) * n
+        self.grid = tuple(int(g) for g in model.patch_embed.grid_size)
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
+        self.fmt = "NLC"
+
+    # ---------------------------------------------------------------------------------- forward
+    def forward_stage(self, i: int, x: Tensor) -> Tensor:
+        """Run stage i on x (the image for i = 0, else stage i-1's native output)."""
+        if self.vit is None:
+            return self.stages[i](x)
+        v = self.vit
+        if i == 0:
+            x = v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(x))))
+        for blk in v.blocks[self._bounds[i] : self._bounds[i + 1]]:
+            x = blk(x)
+        return x
+
+    def to_map(self, x: Tensor) -> Tensor:
+        """Native stage output -> [B, C, H, W] map."""
+        if self.fmt == "NCHW":
+            return x
+        if self.fmt == "NHWC":
+            return x.permute(0, 3, 1, 2)
+        tokens = x[:, self.num_prefix_tokens :]
+        return tokens.transpose(1, 2).reshape(x.shape[0], x.shape[2], *self.grid)
+
+    def from_map(self, m: Tensor, like: Tensor) -> Tensor:
+        """[B, C, H, W] map -> native layout (`like` is the native tensor it came from)."""
+        if self.fmt == "NCHW":
+            return m
+        if self.fmt == "NHWC":
+            return m.permute(0, 2, 3, 1)
+        return torch.cat([like[:, : self.num_prefix_tokens], m.flatten(2).transpose(1, 2)], dim=1)
+
+    def pool(self, x: Tensor) -> Tensor:
+        """Last stage's native output -> pooled features [B, num_features]."""
+        if self.fmt == "NCHW":
+            return x.mean(dim=(2, 3))
+        if self.fmt == "NHWC":
+            return x.mean(dim=(1, 2))
+        return self.vit.forward_head(self.vit.norm(x), pre_logits=True)
+
+    def forward_maps(self, x: Tensor) -> list[Tensor]:
+        """Every stage's output as a [B, C, H, W] map (for inspection and tests)."""
+        maps = []
+        for i in range(self.num_stages):
+            x = self.forward_stage(i, x)
+            maps.append(self.to_map(x))
+        return maps
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i in range(self.num_stages):
+            x = self.forward_stage(i, x)
+        return self.pool(x)
+
+    def stage_grid(self, i: int, image_size: int) -> tuple[int, int]:
+        """Spatial size of stage i's map for a square input of `image_size` pixels."""
+        if self.vit is not None:
+            return self.grid
+        s = math.ceil(image_size / self.reductions[i])
+        return s, s
+
+
+def create_backbone(
+    name: str, pretrained: bool | str | Path | None = False, image_size: int = 224, vit_stages: int = 4
+) -> StagedBackbone:
+    """Build timm model `name` (random init or local weights) and split it into stages.
+
+    `image_size` is passed to models with a fixed input size (ViT, Swin) as `img_size`.
+    Unknown names, missing files and unsplittable models raise ConfigError.
+    """
+    name = _check_backbone_name(name)
+    path = _resolve_pretrained(pretrained)
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size)
+    except TypeError:  # CNNs take any input size and reject img_size
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+    except (AssertionError, ValueError) as err:
+        raise ConfigError(f"image_size: {image_size} does not suit backbone {name!r}: {err}") from None
+    if path is not None:
+        _load_weights(model, path, name)
+    return StagedBackbone(name, model, vit_stages=vit_stages)
+
+
+def auto_kv_reduction(grid: tuple[int, int], budget: int = KV_TOKEN_BUDGET) -> int:
+    """Smallest pooling factor r with ceil(H/r)·ceil(W/r) ≤ budget (1 when the stage is small)."""
+    h, w = grid
+    r = 1
+    while math.ceil(h / r) * math.ceil(w / r) > budget:
+        r += 1
+    return r
+
+
+def encode_pair(
+    enc_c: StagedBackbone,
+    enc_d: StagedBackbone,
+    clinic: Tensor,
+    derm: Tensor,
+    blocks: Mapping[int, nn.Module] | nn.ModuleDict | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Pooled features of both images; `blocks[i](f_c, f_d)` acts on the maps after stage i.
+
+    With one shared encoder (`enc_c is enc_d`) and equal image sizes both images run as ONE batch
+    of 2B (one pass of the encoder; BatchNorm sees both modalities together, as in SSN); otherwise
+    each modality runs on its own.
+    """
+    blocks = {int(k): v for k, v in (blocks or {}).items()}
+    b = clinic.shape[0]
+    if enc_c is enc_d and clinic.shape == derm.shape:
+        x = torch.cat([clinic, derm])
+        for i in range(enc_c.num_stages):
+            x = enc_c.forward_stage(i, x)
+            if i in blocks:
+                m = enc_c.to_map(x)
+                m_c, m_d = blocks[i](m[:b], m[b:])
+                x = enc_c.from_map(torch.cat([m_c, m_d]), x)
+        f = enc_c.pool(x)
+        return f[:b], f[b:]
+    x_c, x_d = clinic, derm
+    for i in range(enc_c.num_stages):
+        x_c, x_d = enc_c.forward_stage(i, x_c), enc_d.forward_stage(i, x_d)
+        if i in blocks:
+            m_c, m_d = blocks[i](enc_c.to_map(x_c), enc_d.to_map(x_d))
+            x_c, x_d = enc_c.from_map(m_c, x_c), enc_d.from_map(m_d, x_d)
+    return enc_c.pool(x_c), enc_d.pool(x_d)

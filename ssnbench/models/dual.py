@@ -1,0 +1,125 @@
+"""Dual-encoder baseline (FusionM4Net-style): one encoder per modality, clinic/derm/fused heads.
+
+The usual multi-modal design that SSN is measured against: two independent backbones (twice the
+encoder parameters), optional cross-attention between them with one set of weights per direction
+(`xattn: separate`; default `none`, as in FusionM4Net's image stage).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ssnbench.models.backbone import create_backbone, encode_pair
+from ssnbench.models.heads import MultiLabelHead
+from ssnbench.models.registry import check_choice, check_float, check_int, register_model
+from ssnbench.models.ssn import XATTN_IMPLS, build_cross_attention, resolve_stages
+
+__all__ = ["DualEncoder", "dual"]
+
+DUAL_XATTN_MODES: tuple[str, ...] = ("none", "separate")
+
+
+class DualEncoder(nn.Module):
+    """Two encoders (clinic, derm), optional per-direction cross-attention, three heads."""
+
+    modalities: tuple[str, ...] = ("clinic", "derm")
+    output_heads: tuple[str, ...] = ("clinic", "derm", "fused")
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        pretrained: bool | str | Path = False,
+        image_size: int = 224,
+        xattn: str = "none",
+        xattn_stages: Sequence[int] | None = None,
+        xattn_heads: int = 8,
+        xattn_impl: str = "reference",
+        kv_reduction: int | str | Sequence[int] = "auto",
+        drop_rate: float = 0.0,
+        vit_stages: int = 4,
+    ) -> None:
+        super().__init__()
+        image_size = check_int("image_size", image_size, 8)
+        xattn = check_choice("xattn", xattn, DUAL_XATTN_MODES)
+        xattn_impl = check_choice("xattn_impl", xattn_impl, XATTN_IMPLS)
+        xattn_heads = check_int("xattn_heads", xattn_heads, 1)
+        drop_rate = check_float("drop_rate", drop_rate, 0.0, 1.0, max_inclusive=False)
+        vit_stages = check_int("vit_stages", vit_stages, 1)
+
+        self.encoder = nn.ModuleDict(
+            {m: create_backbone(backbone, pretrained, image_size, vit_stages) for m in self.modalities}
+        )
+        enc = self.encoder["clinic"]
+        stages = resolve_stages(xattn_stages, enc.num_stages)
+        self.cross_attention, xinfo = build_cross_attention(
+            enc, stages, xattn, xattn_heads, xattn_impl, kv_reduction, image_size
+        )
+        dim = enc.num_features
+        self.heads = nn.ModuleDict(
+            {
+                "clinic": MultiLabelHead(dim, drop_rate=drop_rate),
+                "derm": MultiLabelHead(dim, drop_rate=drop_rate),
+                "fused": MultiLabelHead(2 * dim, drop_rate=drop_rate),
+            }
+        )
+        self.config = {
+            "arch": "dual",
+            "backbone": backbone,
+            "pretrained": str(pretrained) if pretrained else False,
+            "image_size": image_size,
+            "xattn_impl": xattn_impl,
+            "drop_rate": drop_rate,
+            **xinfo,
+        }
+
+    def forward(self, clinic: Tensor, derm: Tensor) -> dict[str, list[Tensor]]:
+        f_c, f_d = encode_pair(
+            self.encoder["clinic"], self.encoder["derm"], clinic, derm, self.cross_attention
+        )
+        return {
+            "clinic": self.heads["clinic"](f_c),
+            "derm": self.heads["derm"](f_d),
+            "fused": self.heads["fused"](torch.cat([f_c, f_d], 1)),
+        }
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "cross_attention": self.cross_attention, "heads": self.heads}
+
+    def set_xattn_impl(self, impl: str) -> None:
+        """Switch every cross-attention block's core without rebuilding."""
+        impl = check_choice("xattn_impl", impl, XATTN_IMPLS)
+        for block in self.cross_attention.values():
+            block.impl = impl
+        self.config["xattn_impl"] = impl
+
+
+@register_model
+def dual(
+    backbone: str = "resnet50",
+    pretrained: bool | str = False,
+    image_size: int = 224,
+    xattn: str = "none",
+    xattn_stages: Sequence[int] | None = None,
+    xattn_heads: int = 8,
+    xattn_impl: str = "reference",
+    kv_reduction: int | str | Sequence[int] = "auto",
+    drop_rate: float = 0.0,
+    vit_stages: int = 4,
+) -> DualEncoder:
+    """Two encoders (FusionM4Net-style baseline), optional per-direction cross-attention."""
+    return DualEncoder(
+        backbone=backbone,
+        pretrained=pretrained,
+        image_size=image_size,
+        xattn=xattn,
+        xattn_stages=xattn_stages,
+        xattn_heads=xattn_heads,
+        xattn_impl=xattn_impl,
+        kv_reduction=kv_reduction,
+        drop_rate=drop_rate,
+        vit_stages=vit_stages,
+    )

@@ -1,0 +1,118 @@
+"""Model registry (timm-style): architectures are built by name from plain options.
+
+`@register_model` registers a builder function under its own name; `build_model(arch, **options)`
+checks the arch and the option names against the builder's signature, so a typo in a suite file is a
+one-line ConfigError naming the option (option *values* are checked by the builders, with the
+`check_*` helpers below, whose messages start with the option name).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from ssnbench.errors import ConfigError
+
+__all__ = [
+    "arch_options",
+    "build_model",
+    "check_bool",
+    "check_choice",
+    "check_float",
+    "check_int",
+    "list_archs",
+    "register_model",
+]
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: make `fn` buildable as `build_model(fn.__name__, **options)`."""
+    name = fn.__name__
+    if name in _MODELS and _MODELS[name] is not fn:
+        raise ValueError(f"model arch {name!r} registered twice")
+    _MODELS[name] = fn
+    return fn
+
+
+def _ensure_loaded() -> None:
+    import ssnbench.models  # noqa: F401 - importing the package registers every arch
+
+
+def list_archs() -> list[str]:
+    """Registered architecture names, sorted."""
+    _ensure_loaded()
+    return sorted(_MODELS)
+
+
+def arch_options(arch: str) -> dict[str, Any]:
+    """Option names of `arch` with their defaults (for docs, reports and config validation)."""
+    _ensure_loaded()
+    if arch not in _MODELS:
+        raise ConfigError(_unknown_arch(arch))
+    sig = inspect.signature(_MODELS[arch])
+    return {
+        k: p.default
+        for k, p in sig.parameters.items()
+        if p.kind is p.KEYWORD_ONLY or p.default is not p.empty
+    }
+
+
+def _unknown_arch(arch: object) -> str:
+    close = difflib.get_close_matches(str(arch), list(_MODELS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"arch: unknown model arch {arch!r}{hint}; expected one of {', '.join(sorted(_MODELS))}"
+
+
+def build_model(arch: str, **options: Any) -> nn.Module:
+    """Build registered model `arch` with `options`; unknown arch/option or a bad value -> ConfigError."""
+    _ensure_loaded()
+    if arch not in _MODELS:
+        raise ConfigError(_unknown_arch(arch))
+    valid = arch_options(arch)
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, list(valid), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{key}: unknown option for arch {arch!r}{hint}; valid options: {', '.join(valid)}"
+            )
+    return _MODELS[arch](**options)
+
+
+# ------------------------------------------------------------------------ option value checks
+def check_choice(key: str, value: Any, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def check_bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def check_int(key: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        lo = "-inf" if minimum is None else minimum
+        hi = "inf" if maximum is None else maximum
+        raise ConfigError(f"{key}: expected an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def check_float(key: str, value: Any, minimum: float, maximum: float, max_inclusive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if value < minimum or value > maximum or (not max_inclusive and value == maximum):
+        close = "]" if max_inclusive else ")"
+        raise ConfigError(f"{key}: expected a number in [{minimum}, {maximum}{close}, got {value!r}")
+    return float(value)

@@ -1,0 +1,83 @@
+"""Single-modality baseline: one encoder, one image (`clinic` or `derm`), one 8-label head.
+
+Answers "what does the second modality add?": its output dict holds only its own modality's key,
+and it ignores the other image (which may be None).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from ssnbench.models.backbone import create_backbone
+from ssnbench.models.heads import MultiLabelHead
+from ssnbench.models.registry import check_choice, check_float, check_int, register_model
+
+__all__ = ["SingleModality", "single"]
+
+MODALITIES: tuple[str, ...] = ("clinic", "derm")
+
+
+class SingleModality(nn.Module):
+    """One encoder and one head on one modality."""
+
+    def __init__(
+        self,
+        modality: str = "derm",
+        backbone: str = "resnet50",
+        pretrained: bool | str | Path = False,
+        image_size: int = 224,
+        drop_rate: float = 0.0,
+        vit_stages: int = 4,
+    ) -> None:
+        super().__init__()
+        self.modality = check_choice("modality", modality, MODALITIES)
+        image_size = check_int("image_size", image_size, 8)
+        drop_rate = check_float("drop_rate", drop_rate, 0.0, 1.0, max_inclusive=False)
+        vit_stages = check_int("vit_stages", vit_stages, 1)
+        self.modalities = (self.modality,)
+        self.output_heads = (self.modality,)
+        self.encoder = create_backbone(backbone, pretrained, image_size, vit_stages)
+        self.cross_attention = nn.ModuleDict()
+        self.heads = nn.ModuleDict(
+            {self.modality: MultiLabelHead(self.encoder.num_features, drop_rate=drop_rate)}
+        )
+        self.config = {
+            "arch": "single",
+            "modality": self.modality,
+            "backbone": backbone,
+            "pretrained": str(pretrained) if pretrained else False,
+            "image_size": image_size,
+            "drop_rate": drop_rate,
+            "xattn": "none",
+        }
+
+    def forward(self, clinic: Tensor | None = None, derm: Tensor | None = None) -> dict[str, list[Tensor]]:
+        x = clinic if self.modality == "clinic" else derm
+        if x is None:
+            raise ValueError(f"single model on {self.modality!r} needs the {self.modality} image")
+        return {self.modality: self.heads[self.modality](self.encoder(x))}
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "cross_attention": self.cross_attention, "heads": self.heads}
+
+
+@register_model
+def single(
+    modality: str = "derm",
+    backbone: str = "resnet50",
+    pretrained: bool | str = False,
+    image_size: int = 224,
+    drop_rate: float = 0.0,
+    vit_stages: int = 4,
+) -> SingleModality:
+    """One modality only (the clinic-only / derm-only baselines)."""
+    return SingleModality(
+        modality=modality,
+        backbone=backbone,
+        pretrained=pretrained,
+        image_size=image_size,
+        drop_rate=drop_rate,
+        vit_stages=vit_stages,
+    )

@@ -1,0 +1,219 @@
+"""SSN: the single-shared network of Tang & Lasser (arXiv 2403.19203).
+
+ONE encoder reads both the clinical photo and the dermoscopy image (the two run as one batch of
+2B), shared cross-attention lets the modalities exchange information after several stages (multi-
+scale; by default the last three), and modality-specific classifiers (clinic, derm) plus a fused
+classifier on the concatenated pooled features each predict all 8 Derm7pt labels. Sharing the
+encoder halves the parameters of the usual two-encoder design (see `dual`).
+
+Ablation switches: `share_heads` (one classifier for both modalities) and `xattn`
+(`shared`: one set of attention weights for both directions; `separate`: one per direction;
+`none`: no cross-attention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ssnbench.errors import ConfigError
+from ssnbench.models.backbone import StagedBackbone, auto_kv_reduction, create_backbone, encode_pair
+from ssnbench.models.heads import MultiLabelHead
+from ssnbench.models.registry import check_bool, check_choice, check_float, check_int, register_model
+
+__all__ = ["SSN", "XATTN_IMPLS", "XATTN_MODES", "build_cross_attention", "resolve_stages", "ssn"]
+
+XATTN_MODES: tuple[str, ...] = ("shared", "separate", "none")
+XATTN_IMPLS: tuple[str, ...] = ("reference", "sdpa", "triton")
+
+
+def resolve_stages(stages: Sequence[int] | None, num_stages: int, key: str = "xattn_stages") -> list[int]:
+    """Stage indices (0-based; negative counts from the end) -> sorted non-negative indices.
+
+    None -> the last three stages (for a ResNet at 224 px: strides 8, 16, 32, i.e. 28², 14², 7² maps).
+    """
+    if stages is None:
+        return list(range(max(0, num_stages - 3), num_stages))
+    if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence):
+        raise ConfigError(f"{key}: expected a list of stage indices, got {stages!r}")
+    out = []
+    for s in stages:
+        s = check_int(key, s, -num_stages, num_stages - 1)
+        out.append(s % num_stages)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{key}: stage listed twice in {list(stages)!r}")
+    return sorted(out)
+
+
+def _heads_for(dim: int, num_heads: int) -> int:
+    """Largest head count <= num_heads dividing dim (so any backbone width works)."""
+    for h in range(min(num_heads, dim), 0, -1):
+        if dim % h == 0:
+            return h
+    return 1
+
+
+def _kv_reductions(
+    kv_reduction: Any, encoder: StagedBackbone, stages: list[int], image_size: int
+) -> list[int]:
+    if kv_reduction == "auto":
+        return [auto_kv_reduction(encoder.stage_grid(s, image_size)) for s in stages]
+    if isinstance(kv_reduction, (list, tuple)):
+        if len(kv_reduction) != len(stages):
+            raise ConfigError(
+                f"kv_reduction: expected one value per cross-attention stage ({len(stages)}), "
+                f"got {list(kv_reduction)!r}"
+            )
+        return [check_int("kv_reduction", r, 1) for r in kv_reduction]
+    if isinstance(kv_reduction, int) and not isinstance(kv_reduction, bool):
+        return [check_int("kv_reduction", kv_reduction, 1)] * len(stages)
+    raise ConfigError(
+        f"kv_reduction: expected 'auto', an integer >= 1 or a list of them, got {kv_reduction!r}"
+    )
+
+
+def build_cross_attention(
+    encoder: StagedBackbone,
+    stages: list[int],
+    mode: str,
+    num_heads: int,
+    impl: str,
+    kv_reduction: Any,
+    image_size: int,
+) -> tuple[nn.ModuleDict, dict[str, Any]]:
+    """One cross-attention block per chosen stage (keyed by the stage index as a string).
+
+    Returns the blocks and a description (stage, channels, heads, kv_reduction) for the report.
+    `mode="none"` gives an empty ModuleDict.
+    """
+    blocks = nn.ModuleDict()
+    info: dict[str, Any] = {"xattn": mode, "stages": [], "channels": [], "heads": [], "kv_reduction": []}
+    if mode == "none":
+        return blocks, info
+    from ssnbench.models.cross_attention import SharedCrossAttention
+
+    for s, r in zip(stages, _kv_reductions(kv_reduction, encoder, stages, image_size), strict=True):
+        dim = encoder.channels[s]
+        h = _heads_for(dim, num_heads)
+        blocks[str(s)] = SharedCrossAttention(
+            dim, num_heads=h, impl=impl, kv_reduction=r, shared=mode == "shared"
+        )
+        for k, v in (("stages", s), ("channels", dim), ("heads", h), ("kv_reduction", r)):
+            info[k].append(v)
+    return blocks, info
+
+
+class SSN(nn.Module):
+    """Single-shared network; see the module docstring. `forward(clinic, derm) -> {head: [8 logits]}`."""
+
+    modalities: tuple[str, ...] = ("clinic", "derm")
+    output_heads: tuple[str, ...] = ("clinic", "derm", "fused")
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        pretrained: bool | str | Path = False,
+        image_size: int = 224,
+        xattn: str = "shared",
+        xattn_stages: Sequence[int] | None = None,
+        xattn_heads: int = 8,
+        xattn_impl: str = "reference",
+        kv_reduction: int | str | Sequence[int] = "auto",
+        share_heads: bool = False,
+        drop_rate: float = 0.0,
+        vit_stages: int = 4,
+    ) -> None:
+        super().__init__()
+        image_size = check_int("image_size", image_size, 8)
+        xattn = check_choice("xattn", xattn, XATTN_MODES)
+        xattn_impl = check_choice("xattn_impl", xattn_impl, XATTN_IMPLS)
+        xattn_heads = check_int("xattn_heads", xattn_heads, 1)
+        self.share_heads = check_bool("share_heads", share_heads)
+        drop_rate = check_float("drop_rate", drop_rate, 0.0, 1.0, max_inclusive=False)
+        vit_stages = check_int("vit_stages", vit_stages, 1)
+
+        self.encoder = create_backbone(backbone, pretrained, image_size, vit_stages)
+        stages = resolve_stages(xattn_stages, self.encoder.num_stages)
+        self.cross_attention, xinfo = build_cross_attention(
+            self.encoder, stages, xattn, xattn_heads, xattn_impl, kv_reduction, image_size
+        )
+        dim = self.encoder.num_features
+        if self.share_heads:
+            self.heads = nn.ModuleDict(
+                {
+                    "modality": MultiLabelHead(dim, drop_rate=drop_rate),
+                    "fused": MultiLabelHead(2 * dim, drop_rate=drop_rate),
+                }
+            )
+        else:
+            self.heads = nn.ModuleDict(
+                {
+                    "clinic": MultiLabelHead(dim, drop_rate=drop_rate),
+                    "derm": MultiLabelHead(dim, drop_rate=drop_rate),
+                    "fused": MultiLabelHead(2 * dim, drop_rate=drop_rate),
+                }
+            )
+        self.config = {
+            "arch": "ssn",
+            "backbone": backbone,
+            "pretrained": str(pretrained) if pretrained else False,
+            "image_size": image_size,
+            "share_heads": self.share_heads,
+            "xattn_impl": xattn_impl,
+            "drop_rate": drop_rate,
+            **xinfo,
+        }
+
+    def forward(self, clinic: Tensor, derm: Tensor) -> dict[str, list[Tensor]]:
+        f_c, f_d = encode_pair(self.encoder, self.encoder, clinic, derm, self.cross_attention)
+        head_c = self.heads["modality" if self.share_heads else "clinic"]
+        head_d = self.heads["modality" if self.share_heads else "derm"]
+        return {
+            "clinic": head_c(f_c),
+            "derm": head_d(f_d),
+            "fused": self.heads["fused"](torch.cat([f_c, f_d], 1)),
+        }
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "cross_attention": self.cross_attention, "heads": self.heads}
+
+    def set_xattn_impl(self, impl: str) -> None:
+        """Switch every cross-attention block's core (e.g. `triton` on a GPU) without rebuilding."""
+        impl = check_choice("xattn_impl", impl, XATTN_IMPLS)
+        for block in self.cross_attention.values():
+            block.impl = impl
+        self.config["xattn_impl"] = impl
+
+
+@register_model
+def ssn(
+    backbone: str = "resnet50",
+    pretrained: bool | str = False,
+    image_size: int = 224,
+    xattn: str = "shared",
+    xattn_stages: Sequence[int] | None = None,
+    xattn_heads: int = 8,
+    xattn_impl: str = "reference",
+    kv_reduction: int | str | Sequence[int] = "auto",
+    share_heads: bool = False,
+    drop_rate: float = 0.0,
+    vit_stages: int = 4,
+) -> SSN:
+    """SSN (Tang & Lasser 2024): one shared encoder, shared multi-scale cross-attention, 3 heads."""
+    return SSN(
+        backbone=backbone,
+        pretrained=pretrained,
+        image_size=image_size,
+        xattn=xattn,
+        xattn_stages=xattn_stages,
+        xattn_heads=xattn_heads,
+        xattn_impl=xattn_impl,
+        kv_reduction=kv_reduction,
+        share_heads=share_heads,
+        drop_rate=drop_rate,
+        vit_stages=vit_stages,
+    )
