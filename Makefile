@@ -26,3 +26,17 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .ssnbench-cache
+
+# Speed cases (tests/benchmarks/). `make bench` times them and saves the run under .benchmarks/;
+# `make bench-compare` times them again and fails when a case's median is more than BENCH_FAIL %
+# slower than the last saved run (cases marked benchmark_threshold(PCT) use their own PCT).
+BENCH_FAIL ?= 10
+BENCH_ARGS := -q -p no:xdist tests/benchmarks --benchmark-only --benchmark-sort=name \
+	--benchmark-columns=median,iqr,ops,rounds --benchmark-max-time=0.5
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest $(BENCH_ARGS) --benchmark-autosave
+
+bench-compare: $(STAMP)
+	@ls .benchmarks/*/*.json >/dev/null 2>&1 || { echo "bench-compare: no saved run in .benchmarks/; run 'make bench' first" >&2; exit 2; }
+	$(BIN)/python -m pytest $(BENCH_ARGS) --benchmark-compare --benchmark-compare-fail=median:$(BENCH_FAIL)%
