@@ -1,0 +1,604 @@
+"""Synthetic Derm7pt: a `release_v0/`-layout dataset with procedurally rendered image pairs.
+
+Why: tests, CI and the demo suite need data that exercises the exact reader path (19 columns, raw
+label strings, index files, mixed .jpg/.JPG names, clinic == derm rows) without the licensed
+release. Labels follow the real class and conditional frequencies (DERM7PT.md); every criterion is
+drawn into the dermoscopy image at a coarse scale (colour, blotches, patches) and a fine one
+(network, dots, streaks); the clinical photo shows the same lesion smaller, blurred and washed
+out, so dermoscopy carries clearly more information. A little label noise keeps it honest.
+
+Deterministic: labels come from one RNG seeded by `seed`, each case's image from an RNG seeded by
+(seed, case index); JPEGs are written by PIL at fixed quality with no metadata.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import gaussian_filter, map_coordinates
+
+from ssnbench.data.derm7pt import CLASSES, LABEL_COLUMNS, LABELS, META_COLUMNS, RAW_VALUES
+from ssnbench.errors import DatasetError
+
+GENERATOR_VERSION = 1
+MARKER = ".synthetic.json"  # in meta/: lets `generate` recognise (and only ever replace) its own output
+JPEG_QUALITY = 90
+LABEL_NOISE = 0.08  # chance that the image shows another class than meta.csv says (per label)
+REAL_SPLITS = {"train": 413, "valid": 203, "test": 395}
+
+# Grouped DIAG counts over the 1011 real cases (BCC, NEV, MEL, MISC, SK).
+DIAG_COUNTS = (42, 575, 252, 97, 45)
+# P(criterion class | DIAG), rows in DIAG order, columns in CLASSES order (DERM7PT.md).
+CONDITIONAL = {
+    "PN": ((.93, .05, .02), (.34, .53, .14), (.32, .13, .55), (.54, .38, .08), (.73, .16, .11)),
+    "BWV": ((.79, .21), (.89, .11), (.52, .48), (.99, .01), (.96, .04)),
+    "VS": ((.36, .62, .02), (.90, .07, .03), (.68, .13, .18), (.86, .10, .04), (.78, .18, .04)),
+    "PIG": ((.69, .00, .31), (.65, .14, .21), (.43, .01, .56), (.67, .22, .11), (.22, .33, .44)),
+    "STR": ((.93, .00, .07), (.70, .16, .15), (.37, .02, .60), (.81, .10, .08), (.91, .02, .07)),
+    "DaG": ((.45, .02, .52), (.20, .51, .30), (.08, .04, .88), (.56, .21, .24), (.49, .27, .24)),
+    "RS": ((.83, .17), (.79, .21), (.56, .44), (.90, .10), (.93, .07)),
+}
+# Relative frequency of each raw string within its grouped class (real release counts for DIAG).
+RAW_WEIGHTS: dict[str, dict[str, float]] = {
+    "DIAG": {
+        "basal cell carcinoma": 42, "blue nevus": 28, "clark nevus": 399, "combined nevus": 13,
+        "congenital nevus": 17, "dermal nevus": 33, "recurrent nevus": 6, "reed or spitz nevus": 79,
+        "melanoma": 1, "melanoma (in situ)": 64, "melanoma (less than 0.76 mm)": 102,
+        "melanoma (0.76 to 1.5 mm)": 53, "melanoma (more than 1.5 mm)": 28, "melanoma metastasis": 4,
+        "dermatofibroma": 20, "lentigo": 24, "melanosis": 16, "miscellaneous": 8, "vascular lesion": 29,
+        "seborrheic keratosis": 45,
+    },
+    "VS": {"arborizing": 4, "comma": 3, "hairpin": 3, "within regression": 2, "wreath": 1,
+           "dotted": 3, "linear irregular": 2},
+    "PIG": {"diffuse regular": 1, "localized regular": 1, "diffuse irregular": 1, "localized irregular": 1},
+    "RS": {"blue areas": 2, "white areas": 2, "combinations": 1},
+}
+SEVEN_POINT_WEIGHTS = {("PN", 2): 2, ("BWV", 1): 2, ("VS", 2): 2, ("PIG", 2): 1, ("STR", 2): 1,
+                       ("DaG", 2): 1, ("RS", 1): 1}
+LOCATIONS = ("back", "lower limbs", "abdomen", "upper limbs", "chest", "head neck", "acral", "buttocks",
+             "genital areas")
+
+
+@dataclass(frozen=True)
+class SyntheticCase:
+    """What the generator decided for one row: recorded labels, what the images show, paths."""
+
+    index: int
+    labels: tuple[int, ...]  # grouped, as written to meta.csv
+    shown: tuple[int, ...]  # grouped, as rendered (differs where label noise struck)
+    raw: tuple[str, ...]  # raw strings written to meta.csv, LABELS order
+    shown_raw: tuple[str, ...]  # raw strings the renderer drew
+    clinic: str
+    derm: str
+    split: str
+
+
+def _allocate(n: int, probs, min_each: bool = False) -> list[int]:
+    """Integer counts summing to n, proportional to probs (largest remainder)."""
+    p = np.asarray(probs, dtype=float)
+    p = p / p.sum()
+    counts = np.floor(n * p).astype(int)
+    if min_each and n >= len(p):
+        counts = np.maximum(counts, (p > 0).astype(int))
+    order = np.argsort(-(n * p - np.floor(n * p)), kind="stable")
+    i = 0
+    while counts.sum() < n:
+        counts[order[i % len(p)]] += 1
+        i += 1
+    while counts.sum() > n:
+        j = int(np.argmax(counts))
+        counts[j] -= 1
+    return counts.tolist()
+
+
+def _quota_draw(rng: np.random.Generator, n: int, probs, min_each: bool = False) -> np.ndarray:
+    """n class indices whose counts match probs as closely as integers allow, in random order."""
+    counts = _allocate(n, probs, min_each)
+    values = np.repeat(np.arange(len(counts)), counts)
+    return rng.permutation(values)
+
+
+def _raw_options(label: str, cls: int) -> tuple[list[str], list[float]]:
+    name = CLASSES[label][cls]
+    names = [raw for raw, grouped in RAW_VALUES[label].items() if grouped == name]
+    weights = [RAW_WEIGHTS.get(label, {}).get(raw, 1.0) for raw in names]
+    return names, weights
+
+
+def _folder_code(f: int) -> str:
+    code = chr(65 + (f // 26) % 26) + chr(97 + f % 26) + "l"
+    return code.upper() if f % 5 == 3 else code
+
+
+def plan_cases(cases: int = 1011, seed: int = 0) -> list[SyntheticCase]:
+    """Draw every row's labels, raw strings, file names and split (no images). `generate` writes
+    exactly this plan, so tests can compare what the reader returns with what was drawn."""
+    if cases < 3:
+        raise DatasetError(f"synthetic dataset needs at least 3 cases (one per split), got {cases}")
+    rng = np.random.default_rng([seed, 0])
+    diag = _quota_draw(rng, cases, DIAG_COUNTS)
+    labels = np.zeros((cases, len(LABELS)), dtype=int)
+    labels[:, 0] = diag
+    for d in range(len(DIAG_COUNTS)):
+        rows = np.flatnonzero(diag == d)
+        for j, name in enumerate(LABELS[1:], start=1):
+            labels[rows, j] = _quota_draw(rng, len(rows), CONDITIONAL[name][d])
+    raw = np.empty((cases, len(LABELS)), dtype=object)
+    for j, name in enumerate(LABELS):
+        for cls in range(len(CLASSES[name])):
+            rows = np.flatnonzero(labels[:, j] == cls)
+            names, weights = _raw_options(name, cls)
+            raw[rows, j] = [names[k] for k in _quota_draw(rng, len(rows), weights, min_each=True)]
+    # Label noise: the image shows a class re-drawn from P(. | DIAG) (DIAG: from the priors).
+    shown, shown_raw = labels.copy(), raw.copy()
+    noisy = rng.random((cases, len(LABELS))) < LABEL_NOISE
+    for i, j in zip(*np.nonzero(noisy), strict=True):
+        name = LABELS[j]
+        probs = DIAG_COUNTS if j == 0 else CONDITIONAL[name][labels[i, 0]]
+        cls = int(rng.choice(len(probs), p=np.asarray(probs) / np.sum(probs)))
+        names, weights = _raw_options(name, cls)
+        shown[i, j] = cls
+        shown_raw[i, j] = names[int(rng.choice(len(names), p=np.asarray(weights) / np.sum(weights)))]
+    # Splits: stratified by DIAG, sizes in the real 413/203/395 proportions.
+    sizes = _allocate(cases, list(REAL_SPLITS.values()))
+    if min(sizes) == 0:
+        sizes = [cases - 2, 1, 1]
+    order = sorted(range(cases), key=lambda r: (diag[r], rng.random()))
+    split_of = [""] * cases
+    taken = dict.fromkeys(REAL_SPLITS, 0)
+    for k, r in enumerate(order):
+        deficits = {s: (k + 1) * size / cases - taken[s] for s, size in zip(REAL_SPLITS, sizes, strict=True)
+                    if taken[s] < size}
+        s = max(deficits, key=deficits.get)
+        taken[s] += 1
+        split_of[r] = s
+    # File names like the real release: NEL/NEL025.JPG (clinic), NEL/Nel026.jpg (derm).
+    n_no_clinic = round(9 * cases / 1011) or (1 if cases >= 20 else 0)
+    no_clinic = set(rng.choice(cases, size=n_no_clinic, replace=False).tolist())
+    exts = rng.random((cases, 2))
+    out = []
+    for i in range(cases):
+        folder, k = divmod(i, 8)
+        code = _folder_code(folder)
+        clinic_ext = ".JPG" if exts[i, 0] < 0.7 else ".jpg"
+        derm_ext = ".jpg" if exts[i, 1] < 0.7 else ".JPG"
+        derm = f"{code}/{code.title()}{2 * k + 2:03d}{derm_ext}"
+        clinic = derm if i in no_clinic else f"{code}/{code.upper()}{2 * k + 1:03d}{clinic_ext}"
+        out.append(SyntheticCase(i, tuple(int(v) for v in labels[i]), tuple(int(v) for v in shown[i]),
+                                 tuple(raw[i]), tuple(shown_raw[i]), clinic, derm, split_of[i]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering. Coordinates are in "lesion units": the derm frame spans [-1, 1] on both axes.
+# ----------------------------------------------------------------------------------------------
+
+def _noise(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, wavelength: float,
+           n: int = 6) -> np.ndarray:
+    """Smooth random field (sum of random plane waves), roughly zero-mean unit-variance."""
+    k = 2 * np.pi / (wavelength * rng.uniform(0.7, 1.4, n))
+    a = rng.uniform(0, 2 * np.pi, n)
+    ph = rng.uniform(0, 2 * np.pi, n)
+    out = np.zeros_like(x)
+    for i in range(n):
+        out += np.cos(k[i] * (x * np.cos(a[i]) + y * np.sin(a[i])) + ph[i])
+    return out * np.sqrt(2.0 / n)
+
+
+def _smoothstep(v: np.ndarray) -> np.ndarray:
+    v = np.clip(v, 0.0, 1.0)
+    return v * v * (3 - 2 * v)
+
+
+def _discs(x, y, cx, cy, r, soft: float) -> np.ndarray:
+    """Max over K soft discs (centres cx, cy, radii r): alpha in [0, 1]."""
+    if len(cx) == 0:
+        return np.zeros_like(x)
+    cx, cy = np.asarray(cx)[:, None, None], np.asarray(cy)[:, None, None]
+    d = np.sqrt((x[None] - cx) ** 2 + (y[None] - cy) ** 2)
+    return _smoothstep((np.asarray(r)[:, None, None] - d) / soft + 0.5).max(axis=0)
+
+
+def _segments(x, y, seg: np.ndarray, soft: float) -> np.ndarray:
+    """Max over line segments seg[K, 5] = (x0, y0, x1, y1, half_width): alpha in [0, 1]."""
+    if len(seg) == 0:
+        return np.zeros_like(x)
+    x0, y0, x1, y1, w = (seg[:, i, None, None] for i in range(5))
+    dx, dy = x1 - x0, y1 - y0
+    t = np.clip(((x[None] - x0) * dx + (y[None] - y0) * dy) / np.maximum(dx * dx + dy * dy, 1e-9), 0, 1)
+    d = np.hypot(x[None] - x0 - t * dx, y[None] - y0 - t * dy)
+    return _smoothstep((w - d) / soft + 0.5).max(axis=0)
+
+
+def _polyline(rng, start, heading, steps, step_len, turn, width, taper=1.0) -> list[list[float]]:
+    segs, (px, py) = [], start
+    for _ in range(steps):
+        heading += rng.normal(0, turn)
+        nx, ny = px + step_len * np.cos(heading), py + step_len * np.sin(heading)
+        segs.append([px, py, nx, ny, width])
+        px, py, width = nx, ny, width * taper
+    return segs
+
+
+def _blend(col: np.ndarray, alpha: np.ndarray, colour) -> np.ndarray:
+    a = alpha[..., None]
+    return col * (1 - a) + np.asarray(colour, dtype=np.float32) * a
+
+
+def _jitter(rng, colour, amount: float = 0.05):
+    return np.clip(np.asarray(colour) + rng.normal(0, amount, 3), 0, 1)
+
+
+DIAG_LOOK = {  # radius range, asymmetry, border irregularity, edge softness, base colour
+    "BCC": ((0.40, 0.54), 0.06, 0.03, 0.10, (0.84, 0.58, 0.56)),
+    "NEV": ((0.34, 0.50), 0.04, 0.012, 0.12, (0.55, 0.36, 0.24)),
+    "MEL": ((0.44, 0.60), 0.16, 0.06, 0.05, (0.36, 0.21, 0.15)),
+    "MISC": ((0.30, 0.46), 0.06, 0.02, 0.12, (0.68, 0.48, 0.38)),
+    "SK": ((0.40, 0.54), 0.05, 0.025, 0.03, (0.60, 0.44, 0.30)),
+}
+RAW_BASE = {"blue nevus": (0.33, 0.38, 0.52), "dermal nevus": (0.72, 0.54, 0.45),
+            "congenital nevus": (0.42, 0.26, 0.18), "reed or spitz nevus": (0.26, 0.16, 0.12),
+            "lentigo": (0.66, 0.48, 0.35), "melanosis": (0.70, 0.52, 0.42),
+            "vascular lesion": (0.62, 0.22, 0.30), "dermatofibroma": (0.70, 0.50, 0.40)}
+
+
+def render_lesion(rng: np.random.Generator, shown: tuple[int, ...], shown_raw: tuple[str, ...],
+                  x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Premultiplied lesion colour [H, W, 3] and alpha [H, W] on the derm grid (x, y)."""
+    diag = CLASSES["DIAG"][shown[0]]
+    raw_diag = shown_raw[0]
+    cls = {name: CLASSES[name][shown[j]] for j, name in enumerate(LABELS)}
+    raw = dict(zip(LABELS, shown_raw, strict=True))
+    (r_lo, r_hi), asym, irreg, soft, base = DIAG_LOOK[diag]
+    base = RAW_BASE.get(raw_diag, base)
+    radius = rng.uniform(r_lo, r_hi)
+    cx, cy = rng.uniform(-0.08, 0.08, 2)
+    rot = rng.uniform(0, 2 * np.pi)
+    u0, v0 = x - cx, y - cy
+    u = u0 * np.cos(rot) + v0 * np.sin(rot)
+    v = -u0 * np.sin(rot) + v0 * np.cos(rot)
+    elong = rng.uniform(1.0, 1.25 if diag != "MEL" else 1.45)
+    ue, ve = u / elong, v * elong
+    rho, theta = np.hypot(ue, ve), np.arctan2(ve, ue)
+    shape = np.ones_like(theta)
+    for k in range(1, 4):
+        shape += asym * rng.uniform(0.4, 1.2) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    for k in range(4, 11):
+        shape += irreg * rng.uniform(0.3, 1.2) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    d = rho / (radius * shape)  # < 1 inside the lesion
+    body = _smoothstep((1 - d) / (2 * soft) + 0.5)
+    inside = _smoothstep((0.92 - d) / 0.1 + 0.5)
+
+    # Base colour with low-frequency variation (melanoma: several colours).
+    col = np.empty(x.shape + (3,), dtype=np.float32)
+    col[:] = _jitter(rng, base, 0.04)
+    n1 = _noise(rng, u, v, radius * 1.2)
+    col *= (1 + 0.08 * n1)[..., None]
+    if diag == "MEL":
+        for colour in ((0.12, 0.08, 0.08), (0.62, 0.42, 0.30), (0.42, 0.42, 0.52)):
+            patch = _smoothstep(_noise(rng, u, v, radius * 1.3) - 0.4) * inside
+            col = _blend(col, 0.85 * patch, _jitter(rng, colour, 0.03))
+    elif diag == "BCC":  # blue-grey ovoid nests, shiny white areas
+        k = rng.integers(3, 7)
+        ang, rr = rng.uniform(0, 2 * np.pi, k), rng.uniform(0.1, 0.7, k) * radius
+        sizes = rng.uniform(0.16, 0.32, k) * radius
+        nests = _discs(u, v, rr * np.cos(ang), rr * np.sin(ang), sizes, 0.03)
+        col = _blend(col, 0.85 * nests * inside, (0.33, 0.36, 0.47))
+    elif diag == "SK":  # cerebriform ridges, milia-like cysts
+        warp = _noise(rng, u, v, radius * 0.6) * 0.05
+        ridges = 0.5 + 0.5 * np.cos(2 * np.pi * (u + warp) / 0.09) * np.cos(2 * np.pi * (v - warp) / 0.13)
+        col = _blend(col, 0.45 * _smoothstep(ridges - 0.3) * inside, (0.38, 0.26, 0.16))
+        k = rng.integers(3, 8)
+        ang, rr = rng.uniform(0, 2 * np.pi, k), np.sqrt(rng.uniform(0, 0.6, k)) * radius
+        milia = _discs(u, v, rr * np.cos(ang), rr * np.sin(ang), np.full(k, 0.025), 0.02)
+        col = _blend(col, 0.9 * milia * inside, (0.95, 0.93, 0.85))
+    elif raw_diag == "dermatofibroma":
+        col = _blend(col, 0.8 * _smoothstep((0.45 - d) / 0.2), (0.93, 0.90, 0.86))
+    elif raw_diag == "vascular lesion":
+        k = rng.integers(6, 12)
+        ang, rr = rng.uniform(0, 2 * np.pi, k), np.sqrt(rng.uniform(0, 0.6, k)) * radius
+        lac = _discs(u, v, rr * np.cos(ang), rr * np.sin(ang), rng.uniform(0.06, 0.12, k), 0.03)
+        col = _blend(col, 0.9 * lac * inside, (0.55, 0.08, 0.18))
+
+    def blob(centre_r: float, size: float, ragged: float) -> np.ndarray:
+        a = rng.uniform(0, 2 * np.pi)
+        bx, by = centre_r * radius * np.cos(a), centre_r * radius * np.sin(a)
+        dd = np.hypot(u - bx, v - by) / (size * radius) + ragged * _noise(rng, u, v, radius * 0.45)
+        return _smoothstep((1 - dd) / 0.25 + 0.5) * inside
+
+    # PIG: structureless dark blotches.
+    if cls["PIG"] != "ABS":
+        diffuse = raw["PIG"].startswith("diffuse")
+        strength = rng.uniform(0.7, 0.95)
+        if cls["PIG"] == "REG":
+            mask = blob(0.0, 0.62 if diffuse else 0.34, 0.03)
+            col = _blend(col, strength * mask, (0.22, 0.13, 0.10))
+        else:
+            mask = blob(rng.uniform(0.3, 0.5), 0.55 if diffuse else 0.3, 0.35)
+            if diffuse:
+                mask = np.maximum(mask, blob(rng.uniform(0.2, 0.6), 0.3, 0.4))
+            col = _blend(col, strength * mask, (0.07, 0.05, 0.06))
+
+    # PN: reticular lines; typical = thin regular honeycomb fading out, atypical = thick, distorted, broken.
+    if cls["PN"] != "ABS":
+        typical = cls["PN"] == "TYP"
+        period = rng.uniform(0.085, 0.11) if typical else rng.uniform(0.11, 0.16)
+        warp = 0.0 if typical else 0.06
+        pu = u + warp * _noise(rng, u, v, 0.3)
+        pv = v + warp * _noise(rng, u, v, 0.3)
+        k = 4 * np.pi / (np.sqrt(3) * period)
+        h = sum(np.cos(k * (pu * np.cos(a) + pv * np.sin(a))) for a in (0.0, 2 * np.pi / 3, 4 * np.pi / 3))
+        lines = _smoothstep(((0.0 if typical else 0.6) - h) / 0.5 + 0.5)
+        if typical:
+            lines = lines * _smoothstep((1.0 - d) / 0.3) * body * rng.uniform(0.75, 0.95)
+            colour = (0.24, 0.14, 0.09)
+        else:
+            broken = _smoothstep(_noise(rng, u, v, radius * 0.8) + 0.8)
+            lines = lines * inside * broken * rng.uniform(0.75, 0.95)
+            colour = (0.12, 0.08, 0.07)
+        col = _blend(col, lines, colour)
+
+    # DaG: regular = similar dots evenly spread; irregular = varied sizes, clustered off-centre.
+    if cls["DaG"] != "ABS":
+        if cls["DaG"] == "REG":
+            k = int(rng.integers(14, 26))
+            golden = np.pi * (3 - np.sqrt(5))
+            rr = np.sqrt((np.arange(k) + 0.5) / k) * 0.72 * radius
+            ang = np.arange(k) * golden + rng.uniform(0, 2 * np.pi)
+            sizes, colour = np.full(k, rng.uniform(0.022, 0.03)), (0.30, 0.18, 0.12)
+        else:
+            k = int(rng.integers(12, 30))
+            ca = rng.uniform(0, 2 * np.pi)
+            cxs = 0.45 * radius * np.cos(ca) + rng.normal(0, 0.28 * radius, k)
+            cys = 0.45 * radius * np.sin(ca) + rng.normal(0, 0.28 * radius, k)
+            rr, ang = np.hypot(cxs, cys), np.arctan2(cys, cxs)
+            sizes, colour = rng.uniform(0.012, 0.05, k), (0.10, 0.07, 0.07)
+        dots = _discs(u, v, rr * np.cos(ang), rr * np.sin(ang), sizes, 0.012) * body
+        col = _blend(col, 0.95 * dots, colour)
+
+    # RS: white scar-like areas and/or blue-grey peppering.
+    if cls["RS"] == "PRS":
+        kind = raw["RS"]
+        if kind in ("white areas", "combinations"):
+            scar = blob(rng.uniform(0.1, 0.5), 0.38, 0.3)
+            col = _blend(col, rng.uniform(0.75, 0.9) * scar, (0.94, 0.91, 0.88))
+        if kind in ("blue areas", "combinations"):
+            area = blob(rng.uniform(0.1, 0.5), 0.42, 0.3)
+            pepper = _smoothstep((_noise(rng, u, v, 0.035, n=8) - 0.3) / 0.6)
+            col = _blend(col, area * (0.35 + 0.55 * pepper), (0.48, 0.52, 0.62))
+
+    # BWV: a large confluent blue-white haze.
+    if cls["BWV"] == "PRS":
+        veil = blob(rng.uniform(0.0, 0.4), rng.uniform(0.5, 0.7), 0.25)
+        col = _blend(col, rng.uniform(0.7, 0.85) * veil, (0.46, 0.58, 0.76))
+
+    # VS: regular = arborizing/comma/hairpin/wreath vessels; irregular = dotted or linear irregular.
+    if cls["VS"] != "ABS":
+        kind, segs = raw["VS"], []
+        red = (0.78, 0.10, 0.16)
+        if kind == "dotted":
+            k = int(rng.integers(25, 50))
+            rr, ang = np.sqrt(rng.uniform(0, 0.8, k)) * radius, rng.uniform(0, 2 * np.pi, k)
+            vessels = _discs(u, v, rr * np.cos(ang), rr * np.sin(ang), rng.uniform(0.014, 0.022, k), 0.01)
+        else:
+            if kind == "linear irregular":
+                for _ in range(int(rng.integers(5, 9))):
+                    p = rng.uniform(-0.7, 0.7, 2) * radius
+                    segs += _polyline(rng, p, rng.uniform(0, 2 * np.pi), 4, 0.06, 1.2, 0.012)
+            elif kind == "wreath":
+                for a in np.linspace(0, 2 * np.pi, 10, endpoint=False) + rng.uniform(0, 1):
+                    p = (0.7 * radius * np.cos(a), 0.7 * radius * np.sin(a))
+                    segs += _polyline(rng, p, a + np.pi / 2, 2, 0.07, 0.3, 0.012)
+            elif kind in ("comma", "hairpin", "within regression"):
+                for _ in range(int(rng.integers(5, 9))):
+                    p = rng.uniform(-0.6, 0.6, 2) * radius
+                    h = rng.uniform(0, 2 * np.pi)
+                    segs += _polyline(rng, p, h, 3, 0.05, 0.5, 0.013)
+                    if kind == "hairpin":
+                        off = 0.025 * np.array([-np.sin(h), np.cos(h)])
+                        segs += _polyline(rng, p + off, h, 3, 0.05, 0.2, 0.011)
+            else:  # arborizing: a few thick trunks with thinner branches
+                for _ in range(int(rng.integers(2, 4))):
+                    p = rng.uniform(-0.5, 0.5, 2) * radius
+                    h = rng.uniform(0, 2 * np.pi)
+                    trunk = _polyline(rng, p, h, 5, 0.08, 0.35, 0.022, 0.8)
+                    segs += trunk
+                    for s in trunk[1::2]:
+                        segs += _polyline(rng, (s[2], s[3]), h + rng.choice([-1, 1]) * rng.uniform(0.6, 1.2),
+                                          3, 0.05, 0.4, 0.012, 0.8)
+            vessels = _segments(u, v, np.asarray(segs, dtype=np.float32), 0.012)
+        col = _blend(col, 0.9 * vessels * body, red)
+
+    colour = np.clip(col, 0, 1) * body[..., None]  # premultiplied
+    alpha = body.copy()
+    # STR: radial streaks at the rim, over lesion and skin.
+    if cls["STR"] != "ABS":
+        regular = cls["STR"] == "REG"
+        if regular:
+            k = int(rng.integers(18, 28))
+            angles = np.linspace(0, 2 * np.pi, k, endpoint=False) + rng.uniform(0, 1)
+            lengths = np.full(k, rng.uniform(0.22, 0.32))
+        else:
+            k = int(rng.integers(6, 14))
+            angles = rng.uniform(0, rng.uniform(1.2, 2.6), k) + rng.uniform(0, 2 * np.pi)
+            lengths = rng.uniform(0.15, 0.45, k)
+        # Streak k: from the lesion edge outwards along its angle (lesion frame), drawn as segments.
+        edge = radius * np.interp(angles % (2 * np.pi), np.linspace(0, 2 * np.pi, 360, endpoint=False),
+                                  _shape_profile(shape, theta))
+        r0, r1 = edge * 0.8, edge * (1 + lengths)
+        segs = np.stack([r0 * np.cos(angles) * elong, r0 * np.sin(angles) / elong,
+                         r1 * np.cos(angles) * elong, r1 * np.sin(angles) / elong,
+                         np.full(k, 0.018 if regular else 0.024)], axis=1)
+        streaks = _segments(u, v, segs.astype(np.float32), 0.015) * rng.uniform(0.8, 0.95)
+        sc = np.asarray((0.24, 0.14, 0.10) if regular else (0.10, 0.06, 0.06), dtype=np.float32)
+        colour = colour * (1 - streaks[..., None]) + sc * streaks[..., None]
+        alpha = alpha * (1 - streaks) + streaks
+    return colour.astype(np.float32), alpha.astype(np.float32)
+
+
+def _shape_profile(shape: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Border radius factor per degree (0..359), read back from the shape field."""
+    bins = ((theta % (2 * np.pi)) / (2 * np.pi) * 360).astype(int) % 360
+    total = np.bincount(bins.ravel(), weights=shape.ravel(), minlength=360)
+    count = np.bincount(bins.ravel(), minlength=360)
+    prof = total / np.maximum(count, 1)
+    empty = count == 0
+    if empty.any():
+        prof[empty] = np.interp(np.flatnonzero(empty), np.flatnonzero(~empty), prof[~empty], period=360)
+    return prof
+
+
+SKIN_TONES = ((0.93, 0.80, 0.72), (0.88, 0.71, 0.60), (0.78, 0.60, 0.47), (0.66, 0.48, 0.36),
+              (0.52, 0.36, 0.26), (0.40, 0.27, 0.20))
+
+
+def render_pair(case: SyntheticCase, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(clinic, derm) uint8 images [S, S, 3] for one case."""
+    rng = np.random.default_rng([seed, 1, case.index])
+    c = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+    x, y = np.meshgrid(c, c)
+    colour, alpha = render_lesion(rng, case.shown, case.shown_raw, x, y)
+
+    # Dermoscopy: immersion-lit pinkish skin, the lesion, a circular dark field-of-view edge.
+    skin = _jitter(rng, (0.88, 0.70, 0.62), 0.03).astype(np.float32)
+    bg = skin * (1 + 0.02 * _noise(rng, x, y, 0.7))[..., None]
+    derm = bg * (1 - alpha[..., None]) + colour
+    fov = rng.uniform(1.05, 1.3)
+    derm *= _smoothstep((fov - np.hypot(x, y)) / 0.12)[..., None]
+    derm = gaussian_filter(derm, (0.5, 0.5, 0)) + rng.normal(0, 0.01, derm.shape)
+
+    # Clinic: the same lesion smaller, off-centre, rotated, washed out and blurred, on varied skin and light.
+    s = rng.uniform(0.4, 0.6)
+    psi = rng.uniform(0, 2 * np.pi)
+    off = rng.uniform(-0.3, 0.3, 2)
+    pre = gaussian_filter(np.concatenate([colour, alpha[..., None]], axis=2), (0.6 / s, 0.6 / s, 0))
+    xd = (np.cos(psi) * (x - off[0]) + np.sin(psi) * (y - off[1])) / s
+    yd = (-np.sin(psi) * (x - off[0]) + np.cos(psi) * (y - off[1])) / s
+    rows, cols = (yd + 1) / 2 * size - 0.5, (xd + 1) / 2 * size - 0.5
+    layers = np.stack([map_coordinates(pre[..., i], [rows, cols], order=1, mode="constant", cval=0.0)
+                       for i in range(4)], axis=-1)
+    a = np.clip(layers[..., 3], 0, 1)
+    lesion = layers[..., :3] / np.maximum(a, 1e-3)[..., None]
+    lesion = 0.45 * lesion + 0.55 * gaussian_filter(lesion, (3, 3, 0))
+    tone = np.asarray(SKIN_TONES[rng.integers(len(SKIN_TONES))], dtype=np.float32)
+    opacity = rng.uniform(0.65, 0.85)
+    skin_c = _jitter(rng, tone, 0.03) * (1 + 0.03 * _noise(rng, x, y, 0.6))[..., None]
+    lesion = lesion * (0.6 + 0.4 * tone / 0.8)  # darker skin, darker lesion
+    clinic = skin_c * (1 - opacity * a[..., None]) + lesion * opacity * a[..., None]
+    gradient = np.cos(psi) * x + np.sin(psi) * y
+    light = 1 + rng.uniform(0.1, 0.3) * gradient - rng.uniform(0, 0.25) * (x * x + y * y)
+    clinic = clinic * light[..., None] * rng.uniform(0.92, 1.08, 3)
+    clinic = gaussian_filter(clinic, (rng.uniform(1.0, 1.6),) * 2 + (0,)) + rng.normal(0, 0.015, clinic.shape)
+
+    def to_u8(img: np.ndarray) -> np.ndarray:
+        return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+    return to_u8(clinic), to_u8(derm)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing.
+# ----------------------------------------------------------------------------------------------
+
+def _jpeg_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image, "RGB").save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=False)
+    return buf.getvalue()
+
+
+def _meta_rows(plan: list[SyntheticCase], seed: int) -> list[list[str]]:
+    rng = np.random.default_rng([seed, 2])
+    rows = []
+    for case in plan:
+        raw = dict(zip(LABELS, case.raw, strict=True))
+        diag = CLASSES["DIAG"][case.labels[0]]
+        score = sum(w for (name, cls), w in SEVEN_POINT_WEIGHTS.items()
+                    if case.labels[LABELS.index(name)] == cls)
+        malignant = diag in ("MEL", "BCC")
+        difficulty = rng.choice(("low", "medium", "high"),
+                                p=(0.3, 0.4, 0.3) if malignant else (0.5, 0.35, 0.15))
+        elevation = rng.choice(("flat", "palpable", "nodular"),
+                               p=(0.2, 0.3, 0.5) if diag == "BCC" else (0.5, 0.4, 0.1))
+        management = ("excision" if malignant or rng.random() < 0.3 else
+                      rng.choice(("clinical follow up", "no further examination")))
+        stem = Path(case.clinic).stem if case.clinic != case.derm else Path(case.derm).stem.upper()
+        rows.append({
+            "case_num": str(case.index + 1), "seven_point_score": str(score),
+            "level_of_diagnostic_difficulty": str(difficulty), "elevation": str(elevation),
+            "location": str(rng.choice(LOCATIONS)), "sex": str(rng.choice(("female", "male"))),
+            "management": str(management), "clinic": case.clinic, "derm": case.derm, "case_id": stem,
+            "notes": "synthetic" if case.clinic == case.derm else "",
+            **{LABEL_COLUMNS[name]: raw[name] for name in LABELS},
+        })
+    return [[row[c] for c in META_COLUMNS] for row in rows]
+
+
+def _write_tree(tmp: Path, plan: list[SyntheticCase], seed: int, image_size: int) -> None:
+    meta = tmp / "meta"
+    meta.mkdir(parents=True)
+    with (meta / "meta.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(META_COLUMNS)
+        writer.writerows(_meta_rows(plan, seed))
+    for split in REAL_SPLITS:
+        rows = [c.index for c in plan if c.split == split]
+        (meta / f"{split}_indexes.csv").write_text("indexes\n" + "".join(f"{r}\n" for r in rows))
+    for case in plan:
+        clinic, derm = render_pair(case, seed, image_size)
+        files = [(case.derm, derm)]
+        if case.clinic != case.derm:  # else no clinical photo: clinic path equals derm path
+            files.append((case.clinic, clinic))
+        for rel, image in files:
+            path = tmp / "images" / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(_jpeg_bytes(image))
+
+
+def generate(out: str | Path, cases: int = 1011, seed: int = 0, image_size: int = 128) -> Path:
+    """Write a synthetic dataset to `out/release_v0/` and return that path.
+
+    The tree is written to a temporary sibling folder and renamed into place, so a crash never
+    leaves a plausible half dataset. An existing `release_v0/` written by this generator with the
+    same arguments is reused as is; one with other arguments is replaced; anything else is refused.
+    """
+    if image_size < 16:
+        raise DatasetError(f"--image-size must be at least 16 px, got {image_size}")
+    out = Path(out)
+    target = out / "release_v0"
+    args = {"generator": "ssnbench.data.synthetic", "version": GENERATOR_VERSION, "cases": cases,
+            "seed": seed, "image_size": image_size}
+    marker = target / "meta" / MARKER
+    if target.exists():
+        try:
+            existing = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            raise DatasetError(f"{target}: already exists and was not written by `ssnbench data make`; "
+                               "refusing to overwrite (choose another --out or remove it)") from None
+        if existing == args:
+            return target
+    plan = plan_cases(cases, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".release_v0.partial-", dir=out))
+    try:
+        _write_tree(tmp, plan, seed, image_size)
+        (tmp / "meta" / MARKER).write_text(json.dumps(args, sort_keys=True) + "\n")
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(prefix=".release_v0.old-", dir=out))
+            os.replace(target, trash / "release_v0")
+            os.replace(tmp, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

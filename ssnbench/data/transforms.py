@@ -1,0 +1,149 @@
+"""Image loading (decode, border crop, resize once) and the paired augmentation.
+
+Both images of a case get the SAME geometric transform: it is applied once to the stacked pair
+[2, 3, S, S], so they cannot drift apart. Photometric jitter is drawn per image (the two cameras
+differ anyway). Per-item cost is a few small tensor ops, which keeps the loader far ahead of a CPU
+training step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from ssnbench.errors import DatasetError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_image(path: Path, size: int, border_crop: int) -> torch.Tensor:
+    """Decode, crop `border_crop` px from each side, resize to size x size: uint8 [3, S, S].
+
+    JPEG draft mode lets libjpeg decode at 1/2..1/8 scale when the target is much smaller, which
+    makes caching the real release (768x512 images) several times faster.
+    """
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if 2 * border_crop >= min(w, h):
+                raise DatasetError(f"{path}: image is {w}x{h} px, too small for a border crop of "
+                                   f"{border_crop} px per side")
+            inner_w, inner_h = w - 2 * border_crop, h - 2 * border_crop
+            img.draft("RGB", (max(1, size * w // inner_w), max(1, size * h // inner_h)))
+            img = img.convert("RGB")
+            f = img.size[0] / w
+            c = round(border_crop * f)
+            box = (c, c, img.size[0] - c, img.size[1] - c)
+            img = img.crop(box).resize((size, size), Image.BILINEAR)  # crop first: no border bleed
+            array = np.asarray(img, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        if not Path(path).is_file():
+            raise DatasetError(f"{path}: image not found") from None
+        raise DatasetError(f"{path}: image unreadable ({type(err).__name__}: {err})") from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def load_pair_images(paths: Sequence[tuple[Path, Path]], size: int, border_crop: int,
+                     workers: int | None = None) -> torch.Tensor:
+    """All (clinic, derm) pairs as one uint8 tensor [N, 2, 3, S, S]; decoding runs in threads
+    (PIL releases the GIL while decoding)."""
+    out = torch.empty((len(paths), 2, 3, size, size), dtype=torch.uint8)
+    flat = [(i, j, p) for i, pair in enumerate(paths) for j, p in enumerate(pair)]
+
+    def work(item: tuple[int, int, Path]) -> None:
+        i, j, p = item
+        out[i, j] = load_image(p, size, border_crop)
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers <= 1 or len(flat) < 8:
+        for item in flat:
+            work(item)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(work, flat))
+    return out
+
+
+def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+@dataclass
+class PairTransform:
+    """uint8 pair [2, 3, S, S] -> (clinic, derm) float [3, S, S].
+
+    Geometric part (shared by both images): horizontal/vertical flip, a random multiple of 90°,
+    then with probability `ssr_p` one shift-scale-rotate affine (bilinear, black fill), as in
+    albumentations' ShiftScaleRotate used by the Derm7pt literature. Photometric part (per image):
+    brightness, contrast and saturation factors in [1 - x, 1 + x].
+    """
+
+    augment: bool = True
+    normalize: bool = True
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rot90: bool = True
+    ssr_p: float = 0.5
+    shift: float = 0.0625
+    scale: float = 0.1
+    rotate: float = 45.0
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.0
+    photometric: bool = True
+
+    @classmethod
+    def default(cls, augment: bool = True, normalize: bool = True) -> PairTransform:
+        return cls(augment=augment, normalize=normalize)
+
+    def geometric(self, pair: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The same random flips/rotations/affine applied to every image of `pair` [..., 3, S, S]."""
+        u = torch.rand(4, generator=generator)
+        if u[0] < self.hflip:
+            pair = pair.flip(-1)
+        if u[1] < self.vflip:
+            pair = pair.flip(-2)
+        if self.rot90:
+            k = int(torch.randint(4, (), generator=generator))
+            if k:
+                pair = torch.rot90(pair, k, dims=(-2, -1))
+        if u[2] < self.ssr_p:
+            size = pair.shape[-1]
+            angle = _uniform(-self.rotate, self.rotate, generator)
+            scale = _uniform(1 - self.scale, 1 + self.scale, generator)
+            tx = _uniform(-self.shift, self.shift, generator) * size
+            ty = _uniform(-self.shift, self.shift, generator) * size
+            pair = F.affine(pair, angle=angle, translate=[tx, ty], scale=scale, shear=[0.0, 0.0],
+                            interpolation=F.InterpolationMode.BILINEAR, fill=0.0)
+        return pair
+
+    def photometric_jitter(self, image: torch.Tensor,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+        """Brightness/contrast/saturation jitter of one float image [3, S, S] in [0, 1]."""
+        if self.brightness > 0:
+            image = F.adjust_brightness(image, _uniform(1 - self.brightness, 1 + self.brightness, generator))
+        if self.contrast > 0:
+            image = F.adjust_contrast(image, _uniform(1 - self.contrast, 1 + self.contrast, generator))
+        if self.saturation > 0:
+            image = F.adjust_saturation(image, _uniform(1 - self.saturation, 1 + self.saturation, generator))
+        return image
+
+    def __call__(self, pair: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = pair.float().div_(255.0)
+        if self.augment:
+            x = self.geometric(x, generator)
+            if self.photometric:
+                x = torch.stack([self.photometric_jitter(img, generator) for img in x])
+        if self.normalize:
+            x = F.normalize(x, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+        return x[0], x[1]

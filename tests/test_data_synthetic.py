@@ -1,0 +1,93 @@
+"""Synthetic generator: determinism, layout, label frequencies and vocabulary, CLI."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssnbench.cli import main
+from ssnbench.data.derm7pt import CLASSES, LABELS, META_COLUMNS, RAW_VALUES, load_release
+from ssnbench.data.synthetic import DIAG_COUNTS, generate, plan_cases, render_pair
+from ssnbench.errors import DatasetError
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_byte_identical_for_equal_arguments(tmp_path):
+    a = generate(tmp_path / "a", cases=12, seed=7, image_size=32)
+    b = generate(tmp_path / "b", cases=12, seed=7, image_size=32)
+    files_a = _files(a)
+    assert files_a == _files(b)
+    assert any(name.endswith(".JPG") for name in files_a) and any(name.endswith(".jpg") for name in files_a)
+    c = generate(tmp_path / "c", cases=12, seed=8, image_size=32)
+    assert _files(c) != files_a
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["release_v0"]  # no partial folders left
+
+
+def test_layout_and_columns(tmp_path):
+    root = generate(tmp_path, cases=10, seed=0, image_size=24)
+    with (root / "meta" / "meta.csv").open() as fh:
+        rows = list(csv.reader(fh))
+    assert tuple(rows[0]) == META_COLUMNS and len(META_COLUMNS) == 19
+    assert len(rows) == 11 and all(len(r) == 19 for r in rows)
+    for split in ("train", "valid", "test"):
+        assert (root / "meta" / f"{split}_indexes.csv").read_text().startswith("indexes\n")
+
+
+def test_reuse_and_refuse(tmp_path):
+    root = generate(tmp_path, cases=6, seed=0, image_size=24)
+    stamp = (root / "meta" / "meta.csv").stat().st_mtime_ns
+    assert generate(tmp_path, cases=6, seed=0, image_size=24) == root
+    assert (root / "meta" / "meta.csv").stat().st_mtime_ns == stamp  # same arguments: reused
+    generate(tmp_path, cases=7, seed=0, image_size=24)
+    assert len(load_release(root).cases) == 7  # other arguments: replaced
+    foreign = tmp_path / "other" / "release_v0"
+    foreign.mkdir(parents=True)
+    with pytest.raises(DatasetError, match="refusing to overwrite"):
+        generate(tmp_path / "other", cases=6)
+
+
+def test_full_size_plan_matches_real_frequencies():
+    plan = plan_cases(1011, 0)
+    diag = Counter(p.labels[0] for p in plan)
+    assert tuple(diag[i] for i in range(5)) == DIAG_COUNTS
+    splits = Counter(p.split for p in plan)
+    assert (splits["train"], splits["valid"], splits["test"]) == (413, 203, 395)
+    assert 5 <= sum(p.clinic == p.derm for p in plan) <= 15
+    for j, name in enumerate(LABELS):  # every raw string of the real vocabulary is used
+        assert {p.raw[j] for p in plan} == set(RAW_VALUES[name]), name
+    noisy = np.mean([p.shown != p.labels for p in plan])
+    assert 0.2 < noisy < 0.7  # some label noise, on at most a few labels per case
+
+
+def test_dermoscopy_carries_more_detail_than_clinic():
+    plan = plan_cases(30, 0)
+    ratio = []
+    for case in plan[:10]:
+        clinic, derm = render_pair(case, 0, 64)
+        def detail(img):
+            g = img.astype(float).mean(axis=2)
+            return np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean()
+        ratio.append(detail(derm) / detail(clinic))
+    assert np.median(ratio) > 2
+
+
+def test_cli_make(tmp_path, capsys):
+    assert main(["data", "make", "--out", str(tmp_path), "--cases", "9", "--image-size", "24"]) == 0
+    assert "9 cases" in capsys.readouterr().out
+    assert len(load_release(tmp_path).cases) == 9
+    assert main(["data", "make", "--out", str(tmp_path / "x"), "--cases", "2"]) == 2
+    assert "at least 3 cases" in capsys.readouterr().err
+
+
+def test_grouped_labels_of_plan_use_class_names():
+    plan = plan_cases(20, 1)
+    for p in plan:
+        for j, name in enumerate(LABELS):
+            assert RAW_VALUES[name][p.raw[j]] == CLASSES[name][p.labels[j]]
