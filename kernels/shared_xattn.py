@@ -1,17 +1,662 @@
-"""Placeholder: Triton kernels land in the next commit; routes to the reference meanwhile."""
+"""Triton kernels of the fused shared cross-attention (both directions per launch) + thin launchers.
 
-from . import reference
+Direction 0 (c->d): queries q_c, keys/values k_d, v_d -> o_c, lse_c.
+Direction 1 (d->c): queries q_d, keys/values k_c, v_c -> o_d, lse_d.
+Grid axis 2 picks the direction, axis 1 the (batch, head), axis 0 the query (or key) block.
+
+- `_fwd_kernel`: FlashAttention-2 forward, online softmax in the log2 domain, fp32 accumulation,
+  saves the natural-log log-sum-exp rows ([B, H, L] fp32) for the backward.
+- `_bwd_small_kernel`: the whole backward of one (b, h, direction) in ONE program when all queries
+  and all keys fit one tile (<= 64 tokens, the last SSN stage): delta = rowsum(dO*O), P from the
+  LSE, dV, dS, dQ and dK without atomics or a preprocess launch.
+- `_bwd_preprocess_kernel` + `_bwd_kernel`: the general FlashAttention-2 backward. Each program of
+  `_bwd_kernel` computes dK/dV of one key block (looping over the queries) and then dQ of one query
+  block (looping over the keys): no atomics, no L_q x L_k matrix in memory; two launches in all.
+
+Inputs may be strided (the block passes views of one QKV GEMM output); the only layout requirement
+is a unit stride on the head dim and no unit stride elsewhere (the launchers copy otherwise: a unit
+stride would be specialised to a constant and break the per-direction pointer select). Outputs are
+contiguous. Block sizes are constexpr: autotuned on CUDA (keyed on token counts, head dim, dtype),
+a fixed table under TRITON_INTERPRET=1 (and on CUDA with SSNBENCH_XATTN_AUTOTUNE=0).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+SMALL_MAX_TOKENS = 64  # single-tile fused backward up to this many queries and keys
+
+#: Kernel launches per kind; tests use it to prove the Triton path ran (no silent fallback).
+LAUNCHES: collections.Counter[str] = collections.Counter()
+#: Autotune results seen in this process: one record per (kernel, key) with every config's time.
+TUNING_LOG: list[dict[str, Any]] = []
+
+_NO_SPEC = ["Lc", "Lkc", "Ld", "Lkd"]
 
 
-def forward(q_c, k_c, v_c, q_d, k_d, v_d, scale):
-    o_c, o_d, lse_c, lse_d = reference.shared_cross_attention_reference_with_lse(
-        q_c, k_c, v_c, q_d, k_d, v_d, scale
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_step(
+    acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, Lk, s_kl, s_vl, qk_scale, offs_n, offs_d,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """One key block of the online softmax (log2 domain)."""
+    n_idx = start_n + offs_n
+    if MASK_N:
+        kv_mask = n_idx[:, None] < Lk
+        if BLOCK_D != HEAD_DIM:
+            kv_mask = kv_mask & (offs_d[None, :] < HEAD_DIM)
+        k = tl.load(k_ptrs + start_n * s_kl, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptrs + start_n * s_vl, mask=kv_mask, other=0.0)
+    elif BLOCK_D != HEAD_DIM:
+        k = tl.load(k_ptrs + start_n * s_kl, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        v = tl.load(v_ptrs + start_n * s_vl, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    else:
+        k = tl.load(k_ptrs + start_n * s_kl)
+        v = tl.load(v_ptrs + start_n * s_vl)
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+    if MASK_N:
+        qk = tl.where(n_idx[None, :] < Lk, qk, float("-inf"))
+    m_ij = tl.maximum(m_i, tl.max(qk, 1))
+    p = tl.math.exp2(qk - m_ij[:, None])
+    alpha = tl.math.exp2(m_i - m_ij)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+    return acc, l_i, m_ij
+
+
+@triton.jit(do_not_specialize=_NO_SPEC)
+def _fwd_kernel(
+    Qc, Kc, Vc, Qd, Kd, Vd, Oc, Od, LSEc, LSEd,
+    sqc_b, sqc_h, sqc_l, skc_b, skc_h, skc_l, svc_b, svc_h, svc_l,
+    sqd_b, sqd_h, sqd_l, skd_b, skd_h, skd_l, svd_b, svd_h, svd_l,
+    H, Lc, Lkc, Ld, Lkd, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    direction = tl.program_id(2)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    if direction == 0:  # clinic queries attend to derm keys/values
+        q_base = Qc + b * sqc_b + h * sqc_h
+        k_base = Kd + b * skd_b + h * skd_h
+        v_base = Vd + b * svd_b + h * svd_h
+        s_ql = sqc_l
+        s_kl = skd_l
+        s_vl = svd_l
+        o_base = Oc
+        lse_base = LSEc
+        Lq = Lc
+        Lk = Lkd
+    else:  # derm queries attend to clinic keys/values
+        q_base = Qd + b * sqd_b + h * sqd_h
+        k_base = Kc + b * skc_b + h * skc_h
+        v_base = Vc + b * svc_b + h * svc_h
+        s_ql = sqd_l
+        s_kl = skc_l
+        s_vl = svc_l
+        o_base = Od
+        lse_base = LSEd
+        Lq = Ld
+        Lk = Lkc
+    if start_m * BLOCK_M >= Lq:
+        return
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_mask = offs_m[:, None] < Lq
+    if BLOCK_D != HEAD_DIM:
+        q_mask = q_mask & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :], mask=q_mask, other=0.0)
+    k_ptrs = k_base + offs_n[:, None] * s_kl + offs_d[None, :]
+    v_ptrs = v_base + offs_n[:, None] * s_vl + offs_d[None, :]
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    n_full = (Lk // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        acc, l_i, m_i = _fwd_step(
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, Lk, s_kl, s_vl, qk_scale, offs_n, offs_d,
+            HEAD_DIM, BLOCK_D, False, DOT_PREC,
+        )
+    if n_full < Lk:
+        acc, l_i, m_i = _fwd_step(
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, n_full, Lk, s_kl, s_vl, qk_scale, offs_n, offs_d,
+            HEAD_DIM, BLOCK_D, True, DOT_PREC,
+        )
+    acc = acc / l_i[:, None]
+    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
+    row = bh.to(tl.int64) * Lq + offs_m
+    tl.store(lse_base + row, lse, mask=offs_m < Lq)
+    tl.store(o_base + row[:, None] * HEAD_DIM + offs_d[None, :], acc.to(o_base.dtype.element_ty), mask=q_mask)
+
+
+@triton.jit(do_not_specialize=_NO_SPEC)
+def _bwd_preprocess_kernel(
+    Oc, Od, dOc, dOd, DELc, DELd,
+    sgc_b, sgc_h, sgc_l, sgd_b, sgd_h, sgd_l,
+    H, Lc, Ld,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta = rowsum(dO * O) for both directions (O contiguous, dO strided)."""
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    direction = tl.program_id(2)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    if direction == 0:
+        o_base = Oc
+        do_base = dOc + b * sgc_b + h * sgc_h
+        s_gl = sgc_l
+        del_base = DELc
+        Lq = Lc
+    else:
+        o_base = Od
+        do_base = dOd + b * sgd_b + h * sgd_h
+        s_gl = sgd_l
+        del_base = DELd
+        Lq = Ld
+    if start_m * BLOCK_M >= Lq:
+        return
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < Lq) & (offs_d[None, :] < HEAD_DIM)
+    row = bh.to(tl.int64) * Lq + offs_m
+    o = tl.load(o_base + row[:, None] * HEAD_DIM + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(do_base + offs_m[:, None] * s_gl + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(del_base + row, tl.sum(o * do, 1), mask=offs_m < Lq)
+
+
+@triton.jit
+def _bwd_select(
+    Qc, Kc, Vc, Qd, Kd, Vd, dOc, dOd,
+    sqc_b, sqc_h, sqc_l, skc_b, skc_h, skc_l, svc_b, svc_h, svc_l,
+    sqd_b, sqd_h, sqd_l, skd_b, skd_h, skd_l, svd_b, svd_h, svd_l,
+    sgc_b, sgc_h, sgc_l, sgd_b, sgd_h, sgd_l,
+    Lc, Lkc, Ld, Lkd, b, h, direction,
+):
+    """Base pointers, row strides and lengths of one direction (queries, keys, values, dO)."""
+    if direction == 0:
+        q_base = Qc + b * sqc_b + h * sqc_h
+        k_base = Kd + b * skd_b + h * skd_h
+        v_base = Vd + b * svd_b + h * svd_h
+        do_base = dOc + b * sgc_b + h * sgc_h
+        s_ql = sqc_l
+        s_kl = skd_l
+        s_vl = svd_l
+        s_gl = sgc_l
+        Lq = Lc
+        Lk = Lkd
+    else:
+        q_base = Qd + b * sqd_b + h * sqd_h
+        k_base = Kc + b * skc_b + h * skc_h
+        v_base = Vc + b * svc_b + h * svc_h
+        do_base = dOd + b * sgd_b + h * sgd_h
+        s_ql = sqd_l
+        s_kl = skc_l
+        s_vl = svc_l
+        s_gl = sgd_l
+        Lq = Ld
+        Lk = Lkc
+    return q_base, k_base, v_base, do_base, s_ql, s_kl, s_vl, s_gl, Lq, Lk
+
+
+@triton.jit(do_not_specialize=_NO_SPEC)
+def _bwd_small_kernel(
+    Qc, Kc, Vc, Qd, Kd, Vd, dOc, dOd, Oc, Od, LSEc, LSEd,
+    dQc, dKc, dVc, dQd, dKd, dVd,
+    sqc_b, sqc_h, sqc_l, skc_b, skc_h, skc_l, svc_b, svc_h, svc_l,
+    sqd_b, sqd_h, sqd_l, skd_b, skd_h, skd_l, svd_b, svd_h, svd_l,
+    sgc_b, sgc_h, sgc_l, sgd_b, sgd_h, sgd_l,
+    H, Lc, Lkc, Ld, Lkd, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Whole backward of one (b, h, direction) in one tile: all queries and all keys in registers."""
+    bh = tl.program_id(1)
+    direction = tl.program_id(2)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    q_base, k_base, v_base, do_base, s_ql, s_kl, s_vl, s_gl, Lq, Lk = _bwd_select(
+        Qc, Kc, Vc, Qd, Kd, Vd, dOc, dOd,
+        sqc_b, sqc_h, sqc_l, skc_b, skc_h, skc_l, svc_b, svc_h, svc_l,
+        sqd_b, sqd_h, sqd_l, skd_b, skd_h, skd_l, svd_b, svd_h, svd_l,
+        sgc_b, sgc_h, sgc_l, sgd_b, sgd_h, sgd_l,
+        Lc, Lkc, Ld, Lkd, b, h, direction,
     )
-    return o_c.contiguous(), o_d.contiguous(), lse_c.float().contiguous(), lse_d.float().contiguous()
+    if direction == 0:  # gradients cross directions: dk_d, dv_d come from the clinic queries
+        o_base = Oc
+        lse_base = LSEc
+        dq_base = dQc
+        dk_base = dKd
+        dv_base = dVd
+    else:
+        o_base = Od
+        lse_base = LSEd
+        dq_base = dQd
+        dk_base = dKc
+        dv_base = dVc
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    m_mask = (offs_m[:, None] < Lq) & d_ok
+    n_mask = (offs_n[:, None] < Lk) & d_ok
+    q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :], mask=m_mask, other=0.0)
+    do = tl.load(do_base + offs_m[:, None] * s_gl + offs_d[None, :], mask=m_mask, other=0.0)
+    k = tl.load(k_base + offs_n[:, None] * s_kl + offs_d[None, :], mask=n_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * s_vl + offs_d[None, :], mask=n_mask, other=0.0)
+    row_q = bh.to(tl.int64) * Lq + offs_m
+    o = tl.load(o_base + row_q[:, None] * HEAD_DIM + offs_d[None, :], mask=m_mask, other=0.0)
+    # rows past Lq get lse = +inf, so their probabilities are exactly 0
+    lse = tl.load(lse_base + row_q, mask=offs_m < Lq, other=float("inf")) * 1.4426950408889634
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+    p = tl.math.exp2(qk - lse[:, None])
+    p = tl.where(offs_n[None, :] < Lk, p, 0.0)
+    dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PREC)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+    ds = (p * (dp - delta[:, None])).to(q.dtype)
+    dq = tl.dot(ds, k, input_precision=DOT_PREC) * sm_scale
+    dk = tl.dot(tl.trans(ds), q, input_precision=DOT_PREC) * sm_scale
+
+    row_k = bh.to(tl.int64) * Lk + offs_n
+    tl.store(dq_base + row_q[:, None] * HEAD_DIM + offs_d[None, :], dq.to(q.dtype), mask=m_mask)
+    tl.store(dk_base + row_k[:, None] * HEAD_DIM + offs_d[None, :], dk.to(q.dtype), mask=n_mask)
+    tl.store(dv_base + row_k[:, None] * HEAD_DIM + offs_d[None, :], dv.to(q.dtype), mask=n_mask)
 
 
-def backward(do_c, do_d, q_c, k_c, v_c, q_d, k_d, v_d, o_c, o_d, lse_c, lse_d, scale):
-    grads = reference.shared_cross_attention_reference_backward(
-        do_c, do_d, q_c, k_c, v_c, q_d, k_d, v_d, o_c, o_d, lse_c, lse_d, scale
+@triton.jit
+def _bwd_dq_step(
+    dq, q, do, lse, delta, k_ptrs, v_ptrs, start_n, Lk, s_kl, s_vl, qk_scale, offs_n, d_ok,
+    MASK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """dQ contribution of one key block."""
+    n_idx = start_n + offs_n
+    kv_mask = (n_idx[:, None] < Lk) & d_ok if MASK_N else d_ok
+    k = tl.load(k_ptrs + start_n * s_kl, mask=kv_mask, other=0.0)
+    v = tl.load(v_ptrs + start_n * s_vl, mask=kv_mask, other=0.0)
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+    p = tl.math.exp2(qk - lse[:, None])
+    if MASK_N:
+        p = tl.where(n_idx[None, :] < Lk, p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+    ds = p * (dp - delta[:, None])
+    return tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
+
+
+@triton.jit(do_not_specialize=_NO_SPEC)
+def _bwd_kernel(
+    Qc, Kc, Vc, Qd, Kd, Vd, dOc, dOd, LSEc, LSEd, DELc, DELd,
+    dQc, dKc, dVc, dQd, dKd, dVd,
+    sqc_b, sqc_h, sqc_l, skc_b, skc_h, skc_l, svc_b, svc_h, svc_l,
+    sqd_b, sqd_h, sqd_l, skd_b, skd_h, skd_l, svd_b, svd_h, svd_l,
+    sgc_b, sgc_h, sgc_l, sgd_b, sgd_h, sgd_l,
+    H, Lc, Lkc, Ld, Lkd, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr, BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Program pid: dK/dV of key block pid (loop over queries), then dQ of query block pid."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    direction = tl.program_id(2)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    q_base, k_base, v_base, do_base, s_ql, s_kl, s_vl, s_gl, Lq, Lk = _bwd_select(
+        Qc, Kc, Vc, Qd, Kd, Vd, dOc, dOd,
+        sqc_b, sqc_h, sqc_l, skc_b, skc_h, skc_l, svc_b, svc_h, svc_l,
+        sqd_b, sqd_h, sqd_l, skd_b, skd_h, skd_l, svd_b, svd_h, svd_l,
+        sgc_b, sgc_h, sgc_l, sgd_b, sgd_h, sgd_l,
+        Lc, Lkc, Ld, Lkd, b, h, direction,
     )
-    return tuple(g.contiguous() for g in grads)
+    if direction == 0:
+        lse_base = LSEc
+        del_base = DELc
+        dq_base = dQc
+        dk_base = dKd
+        dv_base = dVd
+    else:
+        lse_base = LSEd
+        del_base = DELd
+        dq_base = dQd
+        dk_base = dKc
+        dv_base = dVc
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    row0 = bh.to(tl.int64) * Lq
+
+    # ---- dK, dV for keys [pid*BLOCK_N1, +BLOCK_N1) ----
+    start_n = pid * BLOCK_N1
+    if start_n < Lk:
+        offs_n = start_n + tl.arange(0, BLOCK_N1)
+        n_mask = (offs_n[:, None] < Lk) & d_ok
+        k = tl.load(k_base + offs_n[:, None] * s_kl + offs_d[None, :], mask=n_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * s_vl + offs_d[None, :], mask=n_mask, other=0.0)
+        dk = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
+        offs_m0 = tl.arange(0, BLOCK_M1)
+        for start_m in range(0, Lq, BLOCK_M1):
+            offs_m = start_m + offs_m0
+            m_mask = (offs_m[:, None] < Lq) & d_ok
+            q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :], mask=m_mask, other=0.0)
+            do = tl.load(do_base + offs_m[:, None] * s_gl + offs_d[None, :], mask=m_mask, other=0.0)
+            # queries past Lq: lse = +inf -> p = 0, so no mask on the scores is needed
+            lse = tl.load(lse_base + row0 + offs_m, mask=offs_m < Lq, other=float("inf"))
+            delta = tl.load(del_base + row0 + offs_m, mask=offs_m < Lq, other=0.0)
+            qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
+            pT = tl.math.exp2(qkT - lse[None, :] * 1.4426950408889634)
+            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+            dsT = pT * (dpT - delta[None, :])
+            dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
+        row_k = bh.to(tl.int64) * Lk + offs_n
+        out_k = row_k[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(dk_base + out_k, (dk * sm_scale).to(dk_base.dtype.element_ty), mask=n_mask)
+        tl.store(dv_base + out_k, dv.to(dv_base.dtype.element_ty), mask=n_mask)
+
+    # ---- dQ for queries [pid*BLOCK_M2, +BLOCK_M2) ----
+    start_m2 = pid * BLOCK_M2
+    if start_m2 < Lq:
+        offs_m = start_m2 + tl.arange(0, BLOCK_M2)
+        m_mask = (offs_m[:, None] < Lq) & d_ok
+        q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :], mask=m_mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * s_gl + offs_d[None, :], mask=m_mask, other=0.0)
+        lse = tl.load(lse_base + row0 + offs_m, mask=offs_m < Lq, other=0.0) * 1.4426950408889634
+        delta = tl.load(del_base + row0 + offs_m, mask=offs_m < Lq, other=0.0)
+        offs_n2 = tl.arange(0, BLOCK_N2)
+        k_ptrs = k_base + offs_n2[:, None] * s_kl + offs_d[None, :]
+        v_ptrs = v_base + offs_n2[:, None] * s_vl + offs_d[None, :]
+        dq = tl.zeros([BLOCK_M2, BLOCK_D], dtype=tl.float32)
+        n_full = (Lk // BLOCK_N2) * BLOCK_N2
+        for start_n2 in range(0, n_full, BLOCK_N2):
+            dq = _bwd_dq_step(
+                dq, q, do, lse, delta, k_ptrs, v_ptrs, start_n2, Lk, s_kl, s_vl, qk_scale, offs_n2, d_ok,
+                False, DOT_PREC,
+            )
+        if n_full < Lk:
+            dq = _bwd_dq_step(
+                dq, q, do, lse, delta, k_ptrs, v_ptrs, n_full, Lk, s_kl, s_vl, qk_scale, offs_n2, d_ok,
+                True, DOT_PREC,
+            )
+        out_q = (row0 + offs_m)[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(dq_base + out_q, (dq * sm_scale).to(dq_base.dtype.element_ty), mask=m_mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Configurations: autotuned on CUDA, a fixed table in the interpreter
+# ----------------------------------------------------------------------------------------------
+
+
+def _np2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(int(n)))
+
+
+def _autotune_enabled() -> bool:
+    return not INTERPRET and os.environ.get("SSNBENCH_XATTN_AUTOTUNE", "1") != "0"
+
+
+_FWD_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [
+        (32, 32, 2, 2), (32, 64, 2, 2), (64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 2, 2),
+        (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3),
+        (128, 128, 8, 3), (128, 64, 8, 4),
+    ]
+]
+_BWD_CONFIGS = [
+    triton.Config({"BLOCK_M1": m1, "BLOCK_N1": n1, "BLOCK_M2": m2, "BLOCK_N2": n2}, num_warps=w, num_stages=s)
+    for m1, n1, m2, n2, w, s in [
+        (32, 64, 64, 32, 4, 2), (32, 64, 64, 32, 4, 3), (64, 64, 64, 64, 4, 3), (32, 128, 128, 32, 4, 3),
+        (32, 128, 128, 32, 8, 3), (64, 128, 128, 64, 8, 3), (16, 64, 64, 16, 4, 3), (64, 64, 64, 64, 8, 2),
+    ]
+]
+_SMALL_CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (2, 4, 8)]
+
+
+def _prune_fwd(configs: list, named_args: dict, **kwargs: Any) -> list:
+    lq = max(named_args["Lc"], named_args["Ld"])
+    lk = max(named_args["Lkc"], named_args["Lkd"])
+    bm_max, bn_max = _np2(lq, 32), _np2(lk, 32)
+    keep = [c for c in configs if c.kwargs["BLOCK_M"] <= bm_max and c.kwargs["BLOCK_N"] <= bn_max]
+    if kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM", 64)) > 64:  # big tiles spill at D=128
+        keep = [c for c in keep if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 64] or keep
+    return keep or configs[:1]
+
+
+def _prune_bwd(configs: list, named_args: dict, **kwargs: Any) -> list:
+    lq = max(named_args["Lc"], named_args["Ld"])
+    lk = max(named_args["Lkc"], named_args["Lkd"])
+    keep = [
+        c for c in configs
+        if max(c.kwargs["BLOCK_M2"], c.kwargs["BLOCK_M1"]) <= _np2(lq, 32)
+        and max(c.kwargs["BLOCK_N1"], c.kwargs["BLOCK_N2"]) <= _np2(lk, 32)
+    ]
+    if kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM", 64)) > 64:
+        keep = [c for c in keep if c.kwargs["BLOCK_N1"] <= 64 and c.kwargs["BLOCK_M2"] <= 64] or keep
+    return keep or configs[:1]
+
+
+_AUTOTUNED: dict[str, Any] = {}
+_KEYS = ["Lc", "Lkc", "Ld", "Lkd", "HEAD_DIM"]
+
+
+def _tuned(name: str) -> Any:
+    """The autotuned wrapper of a kernel (built lazily, CUDA only)."""
+    if name not in _AUTOTUNED:
+        fn, configs, prune = {
+            "fwd": (_fwd_kernel, _FWD_CONFIGS, _prune_fwd),
+            "bwd": (_bwd_kernel, _BWD_CONFIGS, _prune_bwd),
+            "bwd_small": (_bwd_small_kernel, _SMALL_CONFIGS, None),
+        }[name]
+        prune_by = {"early_config_prune": prune} if prune else None
+        _AUTOTUNED[name] = triton.autotune(configs=configs, key=_KEYS, prune_configs_by=prune_by)(fn)
+    return _AUTOTUNED[name]
+
+
+def _record_tuning(name: str, tuned: Any, key: tuple) -> None:
+    """Keep every config's timing of a fresh autotune (for the benchmark JSON)."""
+    timings = getattr(tuned, "configs_timings", None)
+    if not timings or getattr(tuned, "_ssn_last_timings", None) is timings:
+        return
+    tuned._ssn_last_timings = timings
+    TUNING_LOG.append(
+        {
+            "kernel": name,
+            "key": [str(k) for k in key],
+            "best": str(getattr(tuned, "best_config", "")),
+            "timings_ms": {
+                str(cfg): (t[0] if isinstance(t, list | tuple) else t) for cfg, t in timings.items()
+            },
+        }
+    )
+
+
+def _fixed_fwd(lq: int, lk: int, d: int) -> dict[str, Any]:
+    if INTERPRET:  # small blocks so tiny test shapes still cover several blocks and the masks
+        return {"BLOCK_M": 16, "BLOCK_N": 16}
+    if lq <= 64 and lk <= 64:
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+    if d > 64:
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+    return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+
+
+def _fixed_bwd(lq: int, lk: int, d: int) -> dict[str, Any]:
+    if INTERPRET:
+        return {"BLOCK_M1": 16, "BLOCK_N1": 16, "BLOCK_M2": 16, "BLOCK_N2": 16}
+    if d > 64 or max(lq, lk) <= 256:
+        blocks = {"BLOCK_M1": 32, "BLOCK_N1": 64, "BLOCK_M2": 64, "BLOCK_N2": 32}
+        return {**blocks, "num_warps": 4, "num_stages": 2}
+    blocks = {"BLOCK_M1": 32, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 32}
+    return {**blocks, "num_warps": 4, "num_stages": 3}
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+
+def _prep(t: Tensor) -> Tensor:
+    """Unit stride on the head dim and nowhere else (see module docstring); copies only if needed."""
+    if t.stride(-1) != 1 or 1 in t.stride()[:-1]:
+        t = t.contiguous()
+        if 1 in t.stride()[:-1]:  # e.g. D == 1 with L == 1: give size-1 dims a harmless stride
+            t = t.as_strided(t.shape, [s if s != 1 else 0 for s in t.stride()[:-1]] + [1])
+    return t
+
+
+def _strides(*ts: Tensor) -> list[int]:
+    return [s for t in ts for s in t.stride()[:3]]
+
+
+def _dot_prec(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _check_inputs(*ts: Tensor) -> None:
+    for t in ts:
+        if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise TypeError(f"shared_cross_attention kernels support fp16/bf16/fp32, got {t.dtype}")
+        if t.numel() >= 2**31:
+            raise ValueError("shared_cross_attention kernels support < 2**31 elements per tensor")
+    if ts[0].shape[-1] > 256:
+        raise ValueError(f"head dim {ts[0].shape[-1]} > 256 is not supported by the Triton kernels")
+
+
+def forward(
+    q_c: Tensor, k_c: Tensor, v_c: Tensor, q_d: Tensor, k_d: Tensor, v_d: Tensor, scale: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(o_c, o_d, lse_c, lse_d) in ONE kernel launch; o contiguous, lse fp32 [B, H, L] natural log."""
+    _check_inputs(q_c, k_c, v_c, q_d, k_d, v_d)
+    q_c, k_c, v_c, q_d, k_d, v_d = (_prep(t) for t in (q_c, k_c, v_c, q_d, k_d, v_d))
+    B, H, Lc, D = q_c.shape
+    Ld, Lkc, Lkd = q_d.shape[2], k_c.shape[2], k_d.shape[2]
+    o_c = torch.empty((B, H, Lc, D), device=q_c.device, dtype=q_c.dtype)
+    o_d = torch.empty((B, H, Ld, D), device=q_c.device, dtype=q_c.dtype)
+    lse_c = torch.empty((B, H, Lc), device=q_c.device, dtype=torch.float32)
+    lse_d = torch.empty((B, H, Ld), device=q_c.device, dtype=torch.float32)
+    if B * H == 0 or Lc + Ld == 0:
+        return o_c, o_d, lse_c, lse_d
+    if min(Lkc, Lkd) == 0:
+        raise ValueError("shared_cross_attention needs at least one key per direction")
+    args = (
+        q_c, k_c, v_c, q_d, k_d, v_d, o_c, o_d, lse_c, lse_d,
+        *_strides(q_c, k_c, v_c, q_d, k_d, v_d), H, Lc, Lkc, Ld, Lkd, scale * LOG2E,
+    )
+    meta = {"HEAD_DIM": D, "BLOCK_D": _np2(D), "DOT_PREC": _dot_prec(q_c.dtype)}
+    lq = max(Lc, Ld)
+    LAUNCHES["fwd"] += 1
+    if _autotune_enabled():
+        kernel = _tuned("fwd")
+        grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]), B * H, 2)
+        kernel[grid](*args, **meta)
+        _record_tuning("fwd", kernel, (Lc, Lkc, Ld, Lkd, D, str(q_c.dtype)))
+    else:
+        cfg = _fixed_fwd(lq, max(Lkc, Lkd), D)
+        _fwd_kernel[(triton.cdiv(lq, cfg["BLOCK_M"]), B * H, 2)](*args, **meta, **cfg)
+    return o_c, o_d, lse_c, lse_d
+
+
+def backward(
+    do_c: Tensor,
+    do_d: Tensor,
+    q_c: Tensor,
+    k_c: Tensor,
+    v_c: Tensor,
+    q_d: Tensor,
+    k_d: Tensor,
+    v_d: Tensor,
+    o_c: Tensor,
+    o_d: Tensor,
+    lse_c: Tensor,
+    lse_d: Tensor,
+    scale: float,
+    path: str | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dq_c, dk_c, dv_c, dq_d, dk_d, dv_d), contiguous. `path` forces 'small' (one fused launch,
+    <= 64 tokens) or 'general' (preprocess + one dK/dV/dQ launch); default picks by token count."""
+    _check_inputs(q_c, k_c, v_c, q_d, k_d, v_d)
+    q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d = (
+        _prep(t) for t in (q_c, k_c, v_c, q_d, k_d, v_d, do_c.to(q_c.dtype), do_d.to(q_c.dtype))
+    )
+    o_c, o_d = o_c.contiguous(), o_d.contiguous()
+    lse_c, lse_d = lse_c.float().contiguous(), lse_d.float().contiguous()
+    B, H, Lc, D = q_c.shape
+    Ld, Lkc, Lkd = q_d.shape[2], k_c.shape[2], k_d.shape[2]
+    grads = [torch.empty(t.shape, device=t.device, dtype=t.dtype) for t in (q_c, k_c, v_c, q_d, k_d, v_d)]
+    dq_c, dk_c, dv_c, dq_d, dk_d, dv_d = grads
+    if B * H == 0 or Lc + Ld == 0:
+        for g in grads:
+            g.zero_()
+        return tuple(grads)  # type: ignore[return-value]
+    lq, lk = max(Lc, Ld), max(Lkc, Lkd)
+    if path is None:
+        path = "small" if lq <= SMALL_MAX_TOKENS and lk <= SMALL_MAX_TOKENS else "general"
+    strides = _strides(q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d)
+    meta = {"HEAD_DIM": D, "BLOCK_D": _np2(D), "DOT_PREC": _dot_prec(q_c.dtype)}
+    common = (*strides, H, Lc, Lkc, Ld, Lkd, scale * LOG2E, scale)
+    if path == "small":
+        LAUNCHES["bwd_small"] += 1
+        args = (q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, o_c, o_d, lse_c, lse_d, *grads, *common)
+        blocks = {"BLOCK_M": _np2(lq), "BLOCK_N": _np2(lk)}
+        grid = (1, B * H, 2)
+        if _autotune_enabled():
+            kernel = _tuned("bwd_small")
+            kernel[grid](*args, **meta, **blocks)
+            _record_tuning("bwd_small", kernel, (Lc, Lkc, Ld, Lkd, D, str(q_c.dtype)))
+        else:
+            _bwd_small_kernel[grid](*args, **meta, **blocks, num_warps=4 if lq * lk > 1024 else 2)
+        return tuple(grads)  # type: ignore[return-value]
+    if path != "general":
+        raise ValueError(f"unknown backward path {path!r}; expected 'small' or 'general'")
+
+    LAUNCHES["bwd_preprocess"] += 1
+    delta_c = torch.empty_like(lse_c)
+    delta_d = torch.empty_like(lse_d)
+    pre_block = 64 if not INTERPRET else 16
+    _bwd_preprocess_kernel[(triton.cdiv(lq, pre_block), B * H, 2)](
+        o_c, o_d, do_c, do_d, delta_c, delta_d, *_strides(do_c, do_d), H, Lc, Ld,
+        HEAD_DIM=D, BLOCK_D=_np2(D), BLOCK_M=pre_block,
+    )
+    LAUNCHES["bwd"] += 1
+    args = (q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, lse_c, lse_d, delta_c, delta_d, *grads, *common)
+
+    def grid(m: dict[str, Any]) -> tuple[int, int, int]:
+        return (max(triton.cdiv(lk, m["BLOCK_N1"]), triton.cdiv(lq, m["BLOCK_M2"])), B * H, 2)
+
+    if _autotune_enabled():
+        kernel = _tuned("bwd")
+        kernel[grid](*args, **meta)
+        _record_tuning("bwd", kernel, (Lc, Lkc, Ld, Lkd, D, str(q_c.dtype)))
+    else:
+        cfg = _fixed_bwd(lq, lk, D)
+        _bwd_kernel[grid(cfg)](*args, **meta, **cfg)
+    return tuple(grads)  # type: ignore[return-value]
+
+
+def flops_forward(B: int, H: int, Lc: int, Ld: int, Lkc: int, Lkd: int, D: int) -> float:
+    """FLOPs (2 per multiply-add) of the forward, both directions: 4·B·H·Lq·Lk·D each."""
+    return 4.0 * B * H * D * (Lc * Lkd + Ld * Lkc)
+
+
+__all__ = ["INTERPRET", "LAUNCHES", "TUNING_LOG", "backward", "flops_forward", "forward"]
