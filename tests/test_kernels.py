@@ -1,0 +1,240 @@
+"""Fused shared cross-attention on CPU: Triton kernels in the interpreter (TRITON_INTERPRET=1, set by
+conftest.py before the kernel module is imported) against a float64 reference, both directions.
+
+Tiny shapes only: the interpreter is slow. GPU shapes/dtypes live in test_kernels_gpu.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from ssnbench.kernels import ops, reference, shared_cross_attention
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and not torch.cuda.is_available(),
+    reason="needs the Triton interpreter (TRITON_INTERPRET=1) or a GPU",
+)
+
+TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (3e-3, 3e-3)}  # (atol, rtol) vs float64
+
+
+def _sx():
+    from ssnbench.kernels import shared_xattn
+
+    return shared_xattn
+
+
+def _inputs(B, H, Lc, Ld, D, dtype, Lkc=None, Lkd=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Lkc, Lkd = Lkc or Lc, Lkd or Ld
+    mk = lambda L: torch.randn(B, H, L, D, generator=g).to(dtype)
+    return [mk(Lc), mk(Lkc), mk(Lkc), mk(Ld), mk(Lkd), mk(Lkd)]
+
+
+def _ref64(xs, scale=None, grads=None):
+    x64 = [t.detach().double().requires_grad_() for t in xs]
+    o_c, o_d, lse_c, lse_d = reference.shared_cross_attention_reference_with_lse(*x64, scale)
+    out = [o_c, o_d, lse_c, lse_d]
+    if grads is not None:
+        torch.autograd.backward((o_c, o_d), (grads[0].double(), grads[1].double()))
+        out += [t.grad for t in x64]
+    return [t.detach() for t in out]
+
+
+def _close(actual, expected, dtype, what):
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(actual.double(), expected, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Make every torch.empty/empty_like inside the launchers NaN-filled: unwritten elements fail."""
+
+    def install():
+        real_empty, real_like = torch.empty, torch.empty_like
+
+        def empty(*a, **k):
+            t = real_empty(*a, **k)
+            return t.fill_(float("nan")) if t.is_floating_point() else t
+
+        def empty_like(*a, **k):
+            t = real_like(*a, **k)
+            return t.fill_(float("nan")) if t.is_floating_point() else t
+
+        monkeypatch.setattr(torch, "empty", empty)
+        monkeypatch.setattr(torch, "empty_like", empty_like)
+        return monkeypatch.undo
+
+    return install
+
+
+# (B, H, Lc, Ld, D, Lkc, Lkd, backward path): odd counts, Lc != Ld, K/V reduction, D not a power of 2
+SHAPES = [
+    (2, 2, 37, 21, 16, None, None, "small"),
+    (1, 2, 50, 33, 32, None, None, "small"),
+    (1, 2, 37, 21, 16, None, None, "general"),
+    (1, 1, 70, 49, 16, None, None, "general"),
+    (2, 1, 17, 40, 24, 9, 13, "general"),
+    (1, 1, 1, 3, 16, None, None, "small"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(str(v) for v in s))
+def test_forward_backward_vs_float64(shape, dtype, poison):
+    B, H, Lc, Ld, D, Lkc, Lkd, path = shape
+    sx = _sx()
+    xs = _inputs(B, H, Lc, Ld, D, dtype, Lkc, Lkd)
+    do = [torch.randn(B, H, Lc, D).to(dtype), torch.randn(B, H, Ld, D).to(dtype)]
+    scale = D**-0.5
+    ref = _ref64(xs, scale, do)
+    undo = poison()
+    o_c, o_d, lse_c, lse_d = sx.forward(*xs, scale)
+    grads = sx.backward(*do, *xs, o_c, o_d, lse_c, lse_d, scale, path=path)
+    undo()
+    names = ["o_c", "o_d", "lse_c", "lse_d", "dq_c", "dk_c", "dv_c", "dq_d", "dk_d", "dv_d"]
+    for name, got, want in zip(names, [o_c, o_d, lse_c, lse_d, *grads], ref, strict=True):
+        assert got.shape == want.shape, name
+        assert torch.isfinite(got).all(), f"{name} has unwritten (NaN) elements"
+        _close(got, want, dtype, name)
+
+
+def test_public_op_autograd_noncontiguous_and_expanded_grads():
+    """Strided q/k/v views (as the block passes them), a custom scale and an expanded dO (from .sum())."""
+    B, H, Lc, Ld, D = 1, 2, 19, 26, 16
+    base_c = torch.randn(B, Lc, 3, H, D, dtype=torch.float64)
+    base_d = torch.randn(B, Ld, 3, H, D, dtype=torch.float64)
+    xs = [base[:, :, i].transpose(1, 2) for base in (base_c, base_d) for i in range(3)]
+    assert not xs[0].is_contiguous()
+    leaves = [t.float().requires_grad_() for t in xs]  # float() keeps the strided layout
+    assert not leaves[0].is_contiguous()
+    before = dict(_sx().LAUNCHES)
+    o_c, o_d = shared_cross_attention(*leaves, scale=0.3)
+    (o_c.sum() + (o_d * 2).sum()).backward()
+    assert _sx().LAUNCHES["fwd"] == before.get("fwd", 0) + 1
+    x64 = [t.detach().double().requires_grad_() for t in xs]
+    r_c, r_d = reference.shared_cross_attention_reference(*x64, scale=0.3)
+    (r_c.sum() + (r_d * 2).sum()).backward()
+    _close(o_c, r_c.detach(), torch.float32, "o_c")
+    _close(o_d, r_d.detach(), torch.float32, "o_d")
+    for leaf, ref in zip(leaves, x64, strict=True):
+        _close(leaf.grad, ref.grad, torch.float32, "grad")
+
+
+def test_no_silent_fallback_to_reference(monkeypatch):
+    """Under TRITON_INTERPRET=1 the CPU op must run the Triton kernels, never the reference."""
+    if torch.cuda.is_available():
+        pytest.skip("CPU dispatch check")
+    assert ops.backend_for(torch.empty(1)) == "interpret"
+
+    def boom(*a, **k):
+        raise AssertionError("reference called: the Triton path fell back silently")
+
+    for name in ("shared_cross_attention_reference_with_lse", "shared_cross_attention_reference_backward"):
+        monkeypatch.setattr(reference, name, boom)
+    sx = _sx()
+    before = dict(sx.LAUNCHES)
+    xs = [t.requires_grad_() for t in _inputs(1, 1, 20, 9, 16, torch.float32)]
+    o_c, o_d = shared_cross_attention(*xs)
+    (o_c.square().sum() + o_d.sum()).backward()
+    assert sx.LAUNCHES["fwd"] == before.get("fwd", 0) + 1
+    assert sx.LAUNCHES["bwd_small"] == before.get("bwd_small", 0) + 1
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in xs)
+
+
+def test_cpu_without_interpreter_uses_reference(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert ops.backend_for(torch.empty(1)) == "reference"
+    xs = _inputs(1, 2, 5, 7, 16, torch.float32)
+    o_c, o_d = shared_cross_attention(*xs)
+    r_c, r_d = reference.shared_cross_attention_reference(*xs)
+    torch.testing.assert_close(o_c, r_c)
+    torch.testing.assert_close(o_d, r_d)
+
+
+def test_opcheck():
+    xs = [t.requires_grad_() for t in _inputs(1, 2, 17, 9, 16, torch.float32)]
+    torch.library.opcheck(torch.ops.ssnbench.shared_cross_attention.default, (*xs, 0.25))
+    o = torch.ops.ssnbench.shared_cross_attention(*[t.detach() for t in xs], 0.25)
+    do = [torch.randn_like(o[0]), torch.randn_like(o[1])]
+    torch.library.opcheck(
+        torch.ops.ssnbench.shared_cross_attention_backward.default,
+        (*do, *[t.detach() for t in xs], *o, 0.25),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
+def test_flop_accounting():
+    from ssnbench.kernels.flops import fvcore_handles
+
+    B, H, Lc, Ld, D, Lkc, Lkd = 2, 4, 10, 7, 16, 5, 3
+    xs = _inputs(B, H, Lc, Ld, D, torch.float32, Lkc, Lkd)
+    macs = 2 * B * H * D * (Lc * Lkd + Ld * Lkc)  # 2·B·H·Lq·Lk·D per direction
+    handles = fvcore_handles()
+    assert set(handles) >= {"ssnbench::shared_cross_attention", "aten::scaled_dot_product_attention"}
+    pytest.importorskip("fvcore")
+    from fvcore.nn import FlopCountAnalysis
+
+    class Core(torch.nn.Module):
+        def forward(self, *a):
+            return shared_cross_attention(*a)
+
+    class Sdpa(torch.nn.Module):
+        def forward(self, q, k, v):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    for module, args, want in [
+        (Core(), tuple(xs), macs),
+        (Sdpa(), (xs[0], xs[4], xs[5]), 2 * B * H * Lc * Lkd * D),
+    ]:
+        analysis = FlopCountAnalysis(module, args)
+        for name, handle in handles.items():
+            analysis.set_op_handle(name, handle)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        assert analysis.total() == want
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    leaves = [t.requires_grad_() for t in xs]
+    with FlopCounterMode(display=False) as counter:
+        o_c, o_d = shared_cross_attention(*leaves)
+        (o_c.sum() + o_d.sum()).backward()
+    assert counter.get_total_flops() == 2 * macs * 3.5  # forward + 2.5x backward, 2 FLOPs per MAC
+
+
+def test_tiny_model_training_triton_matches_reference():
+    """A few SGD steps of a tiny two-modality model: impl=triton (interpreter) == impl=reference."""
+    from ssnbench.models.cross_attention import SharedCrossAttention
+
+    class Tiny(torch.nn.Module):
+        def __init__(self, impl: str):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 32, 3, stride=2, padding=1)
+            self.xattn = SharedCrossAttention(32, num_heads=2, impl=impl)
+            self.head = torch.nn.Linear(64, 3)
+
+        def forward(self, a, b):
+            f_c, f_d = self.xattn(self.stem(a), self.stem(b))
+            return self.head(torch.cat([f_c.mean((2, 3)), f_d.mean((2, 3))], 1))
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 3, 10, 10, generator=g), torch.randn(2, 3, 8, 12, generator=g)  # 25 vs 24 tokens
+    y = torch.tensor([0, 2])
+    losses = {}
+    for impl in ("reference", "triton"):
+        torch.manual_seed(0)
+        model = Tiny(impl)
+        with torch.no_grad():
+            model.xattn.gate.fill_(0.5)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        losses[impl] = []
+        for _ in range(3):
+            loss = torch.nn.functional.cross_entropy(model(a, b), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses[impl].append(loss.item())
+    assert losses["reference"][-1] != losses["reference"][0]
+    torch.testing.assert_close(losses["triton"], losses["reference"], atol=1e-5, rtol=1e-5)
