@@ -32,7 +32,7 @@ clean:
 # slower than the last saved run (cases marked benchmark_threshold(PCT) use their own PCT).
 BENCH_FAIL ?= 10
 BENCH_ARGS := -q -p no:xdist tests/benchmarks --benchmark-only --benchmark-sort=name \
-	--benchmark-columns=median,iqr,ops,rounds --benchmark-max-time=0.5
+	--benchmark-columns=median,iqr,ops,rounds --benchmark-max-time=0.5 --benchmark-min-rounds=10
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest $(BENCH_ARGS) --benchmark-autosave

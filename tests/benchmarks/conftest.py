@@ -109,3 +109,18 @@ def _images_per_sec(benchmark: Any, images_per_round: int) -> None:
     if stats is not None and getattr(stats, "stats", None) is not None and stats.stats.median:
         benchmark.extra_info["images_per_sec"] = round(images_per_round / stats.stats.median, 1)
 
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> Any:
+    """A regression found by --benchmark-compare-fail is a failed run (exit 1) with the plugin's
+    list of regressed cases, not an internal-error traceback."""
+    from pytest_benchmark.session import PerformanceRegression
+
+    try:
+        return (yield)
+    except PerformanceRegression:
+        terminalreporter.write_line("bench-compare: median regression above threshold in the cases "
+                                    "listed above", red=True)
+        terminalreporter._session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return None
