@@ -1,0 +1,332 @@
+"""`ssnbench bench kernels`: the fused shared cross-attention against PyTorch baselines.
+
+For the SSN stage shapes (B=32, 8 heads, 3136/784/196/49 tokens, head dims 32 and 64, bf16) it
+times forward and forward+backward of both directions for:
+- fused       our Triton op (one launch forward, one or two backward), autotuned
+- fused_fixed the same kernels with the fixed config table (SSNBENCH_XATTN_AUTOTUNE=0)
+- sdpa_2calls torch SDPA once per direction
+- sdpa_batched one SDPA call over both directions stacked on the batch (inputs pre-stacked)
+- naive       softmax(q kᵀ s) v in plain PyTorch, per direction
+- compiled    torch.compile(dynamic=True) of the naive two-direction core
+and reports TFLOP/s (FLOPs = 4·B·H·Lq·Lk·D per direction forward, x2 directions; backward ≈ 2.5x
+forward), % of the bf16 matmul peak measured in the same run, and the issue's speed floors.
+GPU timing: triton.testing.do_bench(..., return_mode="median"). On CPU it runs the PyTorch paths at
+a reduced size with torch.utils.benchmark and says the Triton figures need a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+FWD_FLOORS = {49: 2.5, 196: 1.6, 784: 1.4, 3136: 1.25}  # fused fwd vs SDPA per direction
+FWDBWD_FLOORS = {49: 1.5, 196: 1.5, 784: 1.5, 3136: 1.2}  # fused fwd+bwd vs best PyTorch baseline
+BASELINES = ("sdpa_2calls", "sdpa_batched", "naive", "compiled")
+
+Inputs = list[Tensor]
+
+
+def _naive(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    s = torch.matmul(q, k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+    return torch.matmul(torch.softmax(s, dim=-1), v)
+
+
+def _naive_core(q_c: Tensor, k_c: Tensor, v_c: Tensor, q_d: Tensor, k_d: Tensor, v_d: Tensor):
+    return _naive(q_c, k_d, v_d), _naive(q_d, k_c, v_c)
+
+
+def _methods(gpu: bool) -> dict[str, Callable[[Inputs], Any] | None]:
+    """name -> fn(inputs) returning the outputs (a tuple of tensors)."""
+    methods: dict[str, Callable[[Inputs], Any] | None] = {}
+    if gpu:
+        from ssnbench.kernels import shared_cross_attention
+
+        methods["fused"] = lambda x: shared_cross_attention(*x)
+        methods["fused_fixed"] = lambda x: shared_cross_attention(*x)  # env toggled around it
+    methods["sdpa_2calls"] = lambda x: (
+        F.scaled_dot_product_attention(x[0], x[4], x[5]),
+        F.scaled_dot_product_attention(x[3], x[1], x[2]),
+    )
+    methods["sdpa_batched"] = None  # built per shape (pre-stacked inputs, equal token counts only)
+    methods["naive"] = lambda x: _naive_core(*x)
+    if gpu and os.environ.get("SSNBENCH_BENCH_COMPILE", "1") != "0":
+        compiled = torch.compile(_naive_core, dynamic=True)
+        methods["compiled"] = lambda x: compiled(*x)
+    return methods
+
+
+def _timer(gpu: bool, quick: bool) -> Callable[..., float]:
+    """Median milliseconds of fn()."""
+    if gpu:
+        import triton.testing
+
+        def time_gpu(fn: Callable[[], Any], grad_to_none: Inputs | None = None) -> float:
+            rep = 40 if quick else 100
+            return float(
+                triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=rep, grad_to_none=grad_to_none,
+                                        return_mode="median")
+            )
+
+        return time_gpu
+    from torch.utils import benchmark
+
+    def time_cpu(fn: Callable[[], Any], grad_to_none: Inputs | None = None) -> float:
+        def run() -> None:
+            if grad_to_none:
+                for t in grad_to_none:
+                    t.grad = None
+            fn()
+
+        timer = benchmark.Timer(stmt="run()", globals={"run": run})
+        return timer.blocked_autorange(min_run_time=0.05 if quick else 0.3).median * 1e3
+
+    return time_cpu
+
+
+def _inputs(B: int, H: int, L: int, D: int, dtype: torch.dtype, device: str, grad: bool) -> Inputs:
+    g = torch.Generator(device=device).manual_seed(0)
+    shape = (B, H, L, D)
+    return [
+        torch.randn(shape, device=device, dtype=dtype, generator=g).requires_grad_(grad) for _ in range(6)
+    ]
+
+
+def _flops_fwd(B: int, H: int, L: int, D: int) -> float:
+    return 2 * 4.0 * B * H * L * L * D  # both directions
+
+
+def _measure_peaks(gpu: bool) -> dict[str, float]:
+    """The card's bf16 matmul TFLOP/s and copy bandwidth, measured now (the % column's ceiling)."""
+    if not gpu:
+        return {}
+    import triton.testing
+
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms = triton.testing.do_bench(lambda a=a, b=b: a @ b, warmup=25, rep=200, return_mode="median")
+    x = torch.empty(2**28, device="cuda", dtype=torch.float32).uniform_()  # 1 GiB
+    y = torch.empty_like(x)
+    ms_copy = triton.testing.do_bench(lambda x=x, y=y: y.copy_(x), warmup=10, rep=100, return_mode="median")
+    peaks = {"bf16_matmul_tflops": 2 * n**3 / ms / 1e9, "copy_tbps": 2 * x.numel() * 4 / ms_copy / 1e9}
+    torch.cuda.empty_cache()
+    return peaks
+
+
+def _bench_shape(
+    B: int, H: int, L: int, D: int, dtype: torch.dtype, device: str,
+    methods: dict, timer: Callable, peaks: dict,
+) -> list[dict[str, Any]]:
+    gpu = device == "cuda"
+    x = _inputs(B, H, L, D, dtype, device, grad=True)
+    grads = None
+    rows = []
+    flops = _flops_fwd(B, H, L, D)
+    for name, fn in methods.items():
+        row: dict[str, Any] = {"method": name, "B": B, "H": H, "L": L, "D": D}
+        row["dtype"] = str(dtype).split(".")[-1]
+        if name == "sdpa_batched":
+            qs = torch.cat([x[0], x[3]]).detach().requires_grad_()
+            ks = torch.cat([x[4], x[1]]).detach().requires_grad_()
+            vs = torch.cat([x[5], x[2]]).detach().requires_grad_()
+            leaves = [qs, ks, vs]
+            call = lambda qs=qs, ks=ks, vs=vs: (F.scaled_dot_product_attention(qs, ks, vs),)
+        else:
+            leaves = x
+            call = lambda fn=fn: fn(x)
+        fixed = name == "fused_fixed"
+        old = os.environ.get("SSNBENCH_XATTN_AUTOTUNE")
+        if fixed:
+            os.environ["SSNBENCH_XATTN_AUTOTUNE"] = "0"
+        try:
+            outs = call()
+            grads = [torch.randn_like(o) for o in outs]
+
+            def fwd_bwd(call=call, grads=grads) -> None:
+                torch.autograd.backward(call(), grads)
+
+            with torch.no_grad():
+                row["fwd_ms"] = timer(call)
+            fwd_bwd()  # compile/tune the backward outside the timing
+            row["fwdbwd_ms"] = timer(fwd_bwd, grad_to_none=leaves)
+            row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
+            row["fwdbwd_tflops"] = 3.5 * flops / row["fwdbwd_ms"] / 1e9
+            if peaks.get("bf16_matmul_tflops"):
+                row["fwd_pct_peak"] = 100 * row["fwd_tflops"] / peaks["bf16_matmul_tflops"]
+                row["fwdbwd_pct_peak"] = 100 * row["fwdbwd_tflops"] / peaks["bf16_matmul_tflops"]
+            if name.startswith("fused"):
+                elem = torch.finfo(dtype).bits // 8
+                row["fwd_gbps"] = (8 * B * H * L * D * elem + 2 * B * H * L * 4) / row["fwd_ms"] / 1e6
+        except torch.OutOfMemoryError:
+            row["error"] = "out of memory"
+        except Exception as err:  # a baseline failing must not hide the others
+            row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+        finally:
+            if fixed:
+                if old is None:
+                    os.environ.pop("SSNBENCH_XATTN_AUTOTUNE", None)
+                else:
+                    os.environ["SSNBENCH_XATTN_AUTOTUNE"] = old
+            for t in leaves:
+                t.grad = None
+            if gpu:
+                torch.cuda.empty_cache()
+        rows.append(row)
+    return rows
+
+
+def _speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per shape: fused vs SDPA-per-direction (fwd) and vs the best PyTorch baseline (fwd+bwd)."""
+    out = []
+    shapes = sorted({(r["L"], r["D"]) for r in rows})
+    for L, D in shapes:
+        by = {r["method"]: r for r in rows if r["L"] == L and r["D"] == D and "error" not in r}
+        fused = by.get("fused")
+        if not fused:
+            continue
+        rec: dict[str, Any] = {"L": L, "D": D}
+        if "sdpa_2calls" in by:
+            rec["fwd_speedup_vs_sdpa_2calls"] = by["sdpa_2calls"]["fwd_ms"] / fused["fwd_ms"]
+        base = [(by[m]["fwdbwd_ms"], m) for m in BASELINES if m in by]
+        if base:
+            best_ms, best = min(base)
+            rec["fwdbwd_best_baseline"] = best
+            rec["fwdbwd_speedup_vs_best"] = best_ms / fused["fwdbwd_ms"]
+        if L in FWD_FLOORS and "fwd_speedup_vs_sdpa_2calls" in rec:
+            rec["fwd_floor"] = FWD_FLOORS[L]
+            rec["fwd_floor_met"] = rec["fwd_speedup_vs_sdpa_2calls"] >= FWD_FLOORS[L]
+        if L in FWDBWD_FLOORS and "fwdbwd_speedup_vs_best" in rec:
+            rec["fwdbwd_floor"] = FWDBWD_FLOORS[L]
+            rec["fwdbwd_floor_met"] = rec["fwdbwd_speedup_vs_best"] >= FWDBWD_FLOORS[L]
+        out.append(rec)
+    return out
+
+
+def environment() -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "cpu": platform.processor() or platform.machine(),
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    try:
+        env["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        env["git_commit"] = None
+    return env
+
+
+def run(quick: bool = False, device: str | None = None) -> dict[str, Any]:
+    """Run the benchmark and return the JSON-able result."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device == "cuda"
+    if gpu:
+        B, H, dtype = 32, 8, torch.bfloat16
+        lengths, dims = ((49, 196, 784), (32,)) if quick else ((3136, 784, 196, 49), (32, 64))
+    else:
+        B, H, dtype = 2, 8, torch.float32
+        lengths, dims = ((49,), (32,)) if quick else ((196, 49), (32, 64))
+    methods = _methods(gpu)
+    timer = _timer(gpu, quick)
+    peaks = _measure_peaks(gpu)
+    rows: list[dict[str, Any]] = []
+    for D in dims:
+        for L in lengths:
+            rows += _bench_shape(B, H, L, D, dtype, device, methods, timer, peaks)
+    result: dict[str, Any] = {
+        "environment": environment(),
+        "device_kind": device,
+        "flop_convention": "FLOPs = 2 per multiply-add; forward 4*B*H*Lq*Lk*D per direction x 2 directions; "
+        "forward+backward = 3.5x forward",
+        "peaks": peaks,
+        "rows": rows,
+        "speedups": _speedups(rows),
+        "note": None if gpu else "CPU run at reduced size (B=2, fp32): Triton figures need a GPU.",
+    }
+    if gpu:
+        from ssnbench.kernels import shared_xattn
+
+        result["autotune"] = list(shared_xattn.TUNING_LOG)
+    return result
+
+
+def _fmt(v: Any, spec: str = ".4f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    env = result["environment"]
+    title = (
+        f"shared cross-attention, both directions, B={result['rows'][0]['B']} H={result['rows'][0]['H']} "
+        f"{result['rows'][0]['dtype']} — {env['device']} (torch {env['torch']}, triton {env['triton']})"
+    )
+    table = Table(title=title)
+    cols = ("L", "D", "method", "fwd ms", "fwd TFLOP/s", "fwd %peak")
+    cols += ("fwd+bwd ms", "f+b TFLOP/s", "f+b %peak")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method")
+    for r in result["rows"]:
+        if "error" in r:
+            table.add_row(str(r["L"]), str(r["D"]), r["method"], r["error"], *["-"] * 5)
+            continue
+        table.add_row(
+            str(r["L"]), str(r["D"]), r["method"], _fmt(r["fwd_ms"]), _fmt(r["fwd_tflops"], ".2f"),
+            _fmt(r.get("fwd_pct_peak"), ".1f"), _fmt(r["fwdbwd_ms"]), _fmt(r["fwdbwd_tflops"], ".2f"),
+            _fmt(r.get("fwdbwd_pct_peak"), ".1f"),
+        )
+    console.print(table)
+    peaks = result.get("peaks") or {}
+    if peaks:
+        console.print(
+            f"measured ceilings: bf16 matmul {peaks['bf16_matmul_tflops']:.0f} TFLOP/s, "
+            f"copy {peaks['copy_tbps']:.2f} TB/s. {result['flop_convention']}"
+        )
+    if result["speedups"]:
+        sp = Table(title="fused vs PyTorch (floors from issue 4)")
+        cols = ("L", "D", "fwd x SDPA-2calls", "floor", "met", "f+b x best", "best baseline", "floor", "met")
+        for col in cols:
+            sp.add_column(col)
+        for s in result["speedups"]:
+            sp.add_row(
+                str(s["L"]), str(s["D"]), _fmt(s.get("fwd_speedup_vs_sdpa_2calls"), ".2f"),
+                _fmt(s.get("fwd_floor"), ".2f"), str(s.get("fwd_floor_met", "-")),
+                _fmt(s.get("fwdbwd_speedup_vs_best"), ".2f"), str(s.get("fwdbwd_best_baseline", "-")),
+                _fmt(s.get("fwdbwd_floor"), ".2f"), str(s.get("fwdbwd_floor_met", "-")),
+            )
+        console.print(sp)
+    if result.get("note"):
+        console.print(f"[yellow]{result['note']}[/yellow]")
+
+
+def cli(args: argparse.Namespace) -> int:
+    result = run(quick=bool(getattr(args, "quick", False)))
+    print_tables(result)
+    if getattr(args, "json", None):
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, default=str))
+    return 0
