@@ -111,6 +111,24 @@ def test_parameter_sharing(resnet_models):
         assert sum(parts[k].values()) == n[k]
 
 
+def test_ssn_resnet50_about_half_of_dual():
+    with torch.device("meta"):
+        ssn50 = _params(build_model("ssn", backbone="resnet50"))
+        dual50 = _params(build_model("dual", backbone="resnet50"))
+        full = build_model("ssn", backbone="resnet50", xattn_dim="full")
+    assert 0.5 < ssn50 / dual50 < 0.6  # ~26.3M vs ~47.2M
+    assert full.config["attn_dim"] == [512, 1024, 2048] and _params(full) > ssn50
+
+
+def test_set_xattn_impl(resnet_models):
+    model = resnet_models["ssn"]
+    model.set_xattn_impl("sdpa")
+    assert {b.impl for b in model.cross_attention.values()} == {"sdpa"}
+    clinic, derm = _images()
+    _check_outputs(model(clinic, derm), model.output_heads)
+    model.set_xattn_impl("reference")
+
+
 def test_xattn_stages_and_kv_reduction():
     with torch.device("meta"):  # shapes only: no memory, no init cost
         default = build_model("ssn", backbone="resnet18", image_size=224)
@@ -120,6 +138,7 @@ def test_xattn_stages_and_kv_reduction():
         auto = build_model("ssn", backbone="resnet18", image_size=224, xattn_stages=[0, 1, 2, 3, 4])
     # resnet18 stages: strides 2, 4, 8, 16, 32; default = the last three (28², 14², 7² at 224 px)
     assert default.config["stages"] == [2, 3, 4] and default.config["kv_reduction"] == [1, 1, 1]
+    assert default.config["attn_dim"] == [128, 256, 256]  # auto: min(C, 256)
     assert custom.config["stages"] == [1, 4] and custom.config["kv_reduction"] == [2, 1]
     # auto: K/V of the 112² and 56² stages pooled to at most 784 tokens
     assert auto.config["kv_reduction"] == [4, 2, 1, 1, 1]
@@ -192,6 +211,8 @@ def test_local_pretrained_weights(tmp_path):
         ("ssn", {"kv_reduction": 0}, "kv_reduction"),
         ("ssn", {"kv_reduction": [1, 2]}, "one value per cross-attention stage"),
         ("ssn", {"xattn_stages": [9]}, "xattn_stages"),
+        ("ssn", {"xattn_dim": "half"}, "xattn_dim"),
+        ("ssn", {"xattn_dim": 0}, "xattn_dim"),
         ("ssn", {"xattn_stages": [2, -3]}, "listed twice"),
         ("ssn", {"pretrained": True}, "never"),
         ("single", {"modality": "both"}, "modality"),

@@ -37,6 +37,7 @@ class DualEncoder(nn.Module):
         xattn: str = "none",
         xattn_stages: Sequence[int] | None = None,
         xattn_heads: int = 8,
+        xattn_dim: int | str = "auto",
         xattn_impl: str = "reference",
         kv_reduction: int | str | Sequence[int] = "auto",
         drop_rate: float = 0.0,
@@ -56,7 +57,7 @@ class DualEncoder(nn.Module):
         enc = self.encoder["clinic"]
         stages = resolve_stages(xattn_stages, enc.num_stages)
         self.cross_attention, xinfo = build_cross_attention(
-            enc, stages, xattn, xattn_heads, xattn_impl, kv_reduction, image_size
+            enc, stages, xattn, xattn_heads, xattn_impl, kv_reduction, image_size, xattn_dim
         )
         dim = enc.num_features
         self.heads = nn.ModuleDict(
@@ -105,6 +106,7 @@ def dual(
     xattn: str = "none",
     xattn_stages: Sequence[int] | None = None,
     xattn_heads: int = 8,
+    xattn_dim: int | str = "auto",
     xattn_impl: str = "reference",
     kv_reduction: int | str | Sequence[int] = "auto",
     drop_rate: float = 0.0,
@@ -118,6 +120,7 @@ def dual(
         xattn=xattn,
         xattn_stages=xattn_stages,
         xattn_heads=xattn_heads,
+        xattn_dim=xattn_dim,
         xattn_impl=xattn_impl,
         kv_reduction=kv_reduction,
         drop_rate=drop_rate,

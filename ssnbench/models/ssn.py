@@ -25,10 +25,24 @@ from ssnbench.models.backbone import StagedBackbone, auto_kv_reduction, create_b
 from ssnbench.models.heads import MultiLabelHead
 from ssnbench.models.registry import check_bool, check_choice, check_float, check_int, register_model
 
-__all__ = ["SSN", "XATTN_IMPLS", "XATTN_MODES", "build_cross_attention", "resolve_stages", "ssn"]
+__all__ = [
+    "SSN",
+    "XATTN_DIM_AUTO_CAP",
+    "XATTN_IMPLS",
+    "XATTN_MODES",
+    "ProjectedCrossAttention",
+    "build_cross_attention",
+    "resolve_stages",
+    "ssn",
+]
 
 XATTN_MODES: tuple[str, ...] = ("shared", "separate", "none")
 XATTN_IMPLS: tuple[str, ...] = ("reference", "sdpa", "triton")
+#: `xattn_dim: auto` attends at min(C, 256) channels. Why: full-width attention costs 4·C² weights
+#: per stage, i.e. 16.8M at ResNet-50's last stage (C=2048) and 22M over its last three stages,
+#: almost a second encoder, which would erase the parameter saving that is SSN's point
+#: (SSN-ResNet50 ≈ half of dual-ResNet50). At 256 channels the three blocks cost ~2.6M.
+XATTN_DIM_AUTO_CAP = 256
 
 
 def resolve_stages(stages: Sequence[int] | None, num_stages: int, key: str = "xattn_stages") -> list[int]:
@@ -76,6 +90,48 @@ def _kv_reductions(
     )
 
 
+def _attn_dim(xattn_dim: Any, channels: int) -> int:
+    if xattn_dim == "auto":
+        return min(channels, XATTN_DIM_AUTO_CAP)
+    if xattn_dim == "full":
+        return channels
+    return min(channels, check_int("xattn_dim", xattn_dim, 1))
+
+
+class ProjectedCrossAttention(nn.Module):
+    """`SharedCrossAttention` run at a reduced width `attn_dim` < C.
+
+    A 1x1 projection maps each modality's map C -> attn_dim (one projection for both modalities
+    when `shared`, one per modality otherwise), the block attends there, and only its update
+    (its output minus its input: the gated attention term) is projected back and added to the
+    full-width map. The block's zero-initialised gate therefore still makes the whole thing the
+    identity at init, so a pretrained backbone starts unchanged.
+    """
+
+    def __init__(self, dim: int, attn_dim: int, shared: bool = True, **kwargs: Any) -> None:
+        super().__init__()
+        from ssnbench.models.cross_attention import SharedCrossAttention
+
+        self.dim, self.attn_dim, self.shared = dim, attn_dim, shared
+        n = 1 if shared else 2
+        self.down = nn.ModuleList(nn.Conv2d(dim, attn_dim, 1, bias=False) for _ in range(n))
+        self.up = nn.ModuleList(nn.Conv2d(attn_dim, dim, 1, bias=False) for _ in range(n))
+        self.attn = SharedCrossAttention(attn_dim, shared=shared, **kwargs)
+
+    @property
+    def impl(self) -> str:
+        return self.attn.impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        self.attn.impl = value
+
+    def forward(self, f_c: Tensor, f_d: Tensor) -> tuple[Tensor, Tensor]:
+        s_c, s_d = self.down[0](f_c), self.down[-1](f_d)
+        a_c, a_d = self.attn(s_c, s_d)
+        return f_c + self.up[0](a_c - s_c), f_d + self.up[-1](a_d - s_d)
+
+
 def build_cross_attention(
     encoder: StagedBackbone,
     stages: list[int],
@@ -84,25 +140,35 @@ def build_cross_attention(
     impl: str,
     kv_reduction: Any,
     image_size: int,
+    xattn_dim: int | str = "auto",
 ) -> tuple[nn.ModuleDict, dict[str, Any]]:
     """One cross-attention block per chosen stage (keyed by the stage index as a string).
 
-    Returns the blocks and a description (stage, channels, heads, kv_reduction) for the report.
+    Blocks attend at `xattn_dim` channels (`auto`: min(C, 256); `full`: C; an int: min(C, int));
+    below C they are wrapped in `ProjectedCrossAttention`. Returns the blocks and a description
+    (stage, channels, attention width, heads, kv_reduction) for the report.
     `mode="none"` gives an empty ModuleDict.
     """
+    if not (
+        xattn_dim in ("auto", "full") or (isinstance(xattn_dim, int) and not isinstance(xattn_dim, bool))
+    ):
+        raise ConfigError(f"xattn_dim: expected 'auto', 'full' or an integer >= 1, got {xattn_dim!r}")
     blocks = nn.ModuleDict()
-    info: dict[str, Any] = {"xattn": mode, "stages": [], "channels": [], "heads": [], "kv_reduction": []}
+    keys = ("stages", "channels", "attn_dim", "heads", "kv_reduction")
+    info: dict[str, Any] = {"xattn": mode, **{k: [] for k in keys}}
     if mode == "none":
         return blocks, info
     from ssnbench.models.cross_attention import SharedCrossAttention
 
     for s, r in zip(stages, _kv_reductions(kv_reduction, encoder, stages, image_size), strict=True):
         dim = encoder.channels[s]
-        h = _heads_for(dim, num_heads)
-        blocks[str(s)] = SharedCrossAttention(
-            dim, num_heads=h, impl=impl, kv_reduction=r, shared=mode == "shared"
+        d = _attn_dim(xattn_dim, dim)
+        h = _heads_for(d, num_heads)
+        kw = dict(num_heads=h, impl=impl, kv_reduction=r, shared=mode == "shared")
+        blocks[str(s)] = (
+            SharedCrossAttention(dim, **kw) if d == dim else ProjectedCrossAttention(dim, d, **kw)
         )
-        for k, v in (("stages", s), ("channels", dim), ("heads", h), ("kv_reduction", r)):
+        for k, v in zip(keys, (s, dim, d, h, r), strict=True):
             info[k].append(v)
     return blocks, info
 
@@ -121,6 +187,7 @@ class SSN(nn.Module):
         xattn: str = "shared",
         xattn_stages: Sequence[int] | None = None,
         xattn_heads: int = 8,
+        xattn_dim: int | str = "auto",
         xattn_impl: str = "reference",
         kv_reduction: int | str | Sequence[int] = "auto",
         share_heads: bool = False,
@@ -139,7 +206,7 @@ class SSN(nn.Module):
         self.encoder = create_backbone(backbone, pretrained, image_size, vit_stages)
         stages = resolve_stages(xattn_stages, self.encoder.num_stages)
         self.cross_attention, xinfo = build_cross_attention(
-            self.encoder, stages, xattn, xattn_heads, xattn_impl, kv_reduction, image_size
+            self.encoder, stages, xattn, xattn_heads, xattn_impl, kv_reduction, image_size, xattn_dim
         )
         dim = self.encoder.num_features
         if self.share_heads:
@@ -197,6 +264,7 @@ def ssn(
     xattn: str = "shared",
     xattn_stages: Sequence[int] | None = None,
     xattn_heads: int = 8,
+    xattn_dim: int | str = "auto",
     xattn_impl: str = "reference",
     kv_reduction: int | str | Sequence[int] = "auto",
     share_heads: bool = False,
@@ -211,6 +279,7 @@ def ssn(
         xattn=xattn,
         xattn_stages=xattn_stages,
         xattn_heads=xattn_heads,
+        xattn_dim=xattn_dim,
         xattn_impl=xattn_impl,
         kv_reduction=kv_reduction,
         share_heads=share_heads,
