@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# One prepared call on the lent GPU (see ../shared/GPU.md). Also runs on a CPU box: GPU parts skip.
+#
+#   run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=600)
+#
+# Steps (each under its own time limit, a failing step does not stop the next):
+#   0. versions + device name                                  -> $OUT/env.txt
+#   1. carried wheels (.whl/: fvcore, iopath, ...) and `pip install -e .` when not importable
+#   2. GPU-marked kernel tests (bf16/fp16/fp32 vs float64, torch.compile), fixed kernel configs
+#                                                              -> $OUT/kernel_tests.log
+#   3. `ssnbench bench kernels --json`, autotuned, per-config autotune timings in the JSON
+#                                                              -> $OUT/bench_kernels.{log,json}
+#   4. HOOK (model benchmarks, issue 5): `ssnbench bench models` + `pytest tests/benchmarks`
+#                                                              -> $OUT/models.log, $OUT/models.tar.gz,
+#                                                                 $OUT/pytest_benchmarks.log
+#   5. short summary table, printed last                       -> $OUT/summary.txt
+# At most 8 files come back from $OUT: keep it to the ones above.
+# Knobs (env): OUT, PY, QUICK=1 (bench --quick), T_TESTS / T_BENCH / T_MODELS / T_PYBENCH (seconds),
+#              SKIP_TESTS=1, SKIP_BENCH=1, SKIP_MODELS=1, MODELS_SUITE, MODELS_BATCH_SIZES, MODELS_ON_CPU=1.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT="${OUT:-/tmp/gpu_check_out}"
+mkdir -p "$OUT"
+if [[ -z "${PY:-}" ]]; then
+    if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python; fi
+fi
+T_TESTS="${T_TESTS:-200}"
+T_BENCH="${T_BENCH:-300}"
+T_MODELS="${T_MODELS:-150}"
+T_PYBENCH="${T_PYBENCH:-120}"
+START=$SECONDS
+declare -A STATUS
+
+step() {  # step NAME LIMIT LOGFILE CMD...: run with a time limit, log everything, remember the rc
+    local name=$1 limit=$2 log=$3
+    shift 3
+    echo "=== [$((SECONDS - START))s] $name (limit ${limit}s) -> $log"
+    timeout --signal=INT --kill-after=15 "$limit" "$@" >"$log" 2>&1
+    local rc=$?
+    STATUS[$name]=$rc
+    tail -n 5 "$log"
+    echo "=== $name: rc=$rc after $((SECONDS - START))s"
+}
+
+# ---- 0. versions ---------------------------------------------------------------------------------
+{
+    echo "date: $(date -u +%FT%TZ)"
+    echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(git status --porcelain 2>/dev/null | wc -l) changed files"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null || echo "nvidia-smi: none"
+    "$PY" - <<'EOF'
+import platform, torch
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
+try:
+    import triton
+    print("triton", triton.__version__)
+except ImportError:
+    print("triton: not installed")
+print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no CUDA)")
+EOF
+} 2>&1 | tee "$OUT/env.txt"
+GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+
+# ---- 1. install ----------------------------------------------------------------------------------
+if ! "$PY" -c "import fvcore" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >>"$OUT/env.txt" 2>&1
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if ! "$PY" -c "import ssnbench.kernels" 2>/dev/null; then
+    "$PY" -m pip install -q --no-deps --no-build-isolation -e . >>"$OUT/env.txt" 2>&1
+fi
+"$PY" -c "import ssnbench.kernels, ssnbench.kernels.flops; print('ssnbench.kernels import ok')" 2>&1 | tee -a "$OUT/env.txt"
+
+# ---- 2. GPU kernel tests (fixed configs: no autotune compile storm) -----------------------------
+if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
+    SSNBENCH_XATTN_AUTOTUNE=0 step kernel_tests "$T_TESTS" "$OUT/kernel_tests.log" \
+        "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs --durations=8 tests/test_kernels_gpu.py
+fi
+
+# ---- 3. kernel benchmark --------------------------------------------------------------------------
+if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
+    BENCH_ARGS=(--json "$OUT/bench_kernels.json")
+    if [[ "${QUICK:-0}" == 1 || "$GPU" != 1 ]]; then BENCH_ARGS+=(--quick); fi
+    COLUMNS=160 step bench_kernels "$T_BENCH" "$OUT/bench_kernels.log" \
+        "$PY" -m ssnbench bench kernels "${BENCH_ARGS[@]}"
+fi
+
+# ---- 4. HOOK: model benchmarks (issue 5) -------------------------------------------------------
+# The models engineer owns these commands; edit MODELS_SUITE / MODELS_BATCH_SIZES or this block.
+if [[ "${SKIP_MODELS:-0}" != 1 ]]; then
+    MODELS_SUITE="${MODELS_SUITE:-suites/bench_gpu.yaml}"
+    MODELS_BATCH_SIZES="${MODELS_BATCH_SIZES:-32}"
+    if [[ "$GPU" != 1 && "${MODELS_ON_CPU:-0}" != 1 ]]; then
+        echo "(model benchmark: GPU only unless MODELS_ON_CPU=1; skipped)" | tee "$OUT/models.log"
+    elif [[ -f ssnbench/bench_models.py && -f "$MODELS_SUITE" ]]; then
+        DEVICE=cpu
+        if [[ "$GPU" == 1 ]]; then DEVICE=cuda; else MODELS_BATCH_SIZES=2; fi
+        rm -rf /tmp/ssn_models_out && mkdir -p /tmp/ssn_models_out
+        COLUMNS=160 step bench_models "$T_MODELS" "$OUT/models.log" \
+            "$PY" -m ssnbench bench models --suite "$MODELS_SUITE" --device "$DEVICE" \
+            --batch-sizes "$MODELS_BATCH_SIZES" --out /tmp/ssn_models_out --json /tmp/ssn_models_out/models.json
+        tar -czf "$OUT/models.tar.gz" -C /tmp/ssn_models_out . 2>/dev/null
+    else
+        echo "(model benchmark hook: ssnbench/bench_models.py or $MODELS_SUITE missing; skipped)" | tee "$OUT/models.log"
+    fi
+    if compgen -G "tests/benchmarks/test_*.py" >/dev/null; then
+        PYBENCH=(--benchmark-disable)
+        if [[ "$GPU" == 1 ]]; then PYBENCH=(--benchmark-only --benchmark-max-time=0.3 --benchmark-min-rounds=5 --benchmark-columns=median,iqr,rounds --benchmark-sort=name); fi
+        COLUMNS=160 step pytest_benchmarks "$T_PYBENCH" "$OUT/pytest_benchmarks.log" \
+            "$PY" -m pytest -q -p no:cacheprovider -p no:xdist tests/benchmarks "${PYBENCH[@]}"
+    fi
+fi
+
+# ---- 5. summary (printed last) ---------------------------------------------------------------------
+{
+    echo
+    echo "================ gpu_check summary ($((SECONDS - START))s, gpu=$GPU) ================"
+    for name in "${!STATUS[@]}"; do printf '%-18s rc=%s\n' "$name" "${STATUS[$name]}"; done | sort
+    [[ -f "$OUT/kernel_tests.log" ]] && echo "kernel tests: $(grep -E '(passed|failed|error|skipped)' "$OUT/kernel_tests.log" | tail -n 1)"
+    if [[ -f "$OUT/bench_kernels.json" ]]; then
+        "$PY" - "$OUT/bench_kernels.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+env, peaks = r["environment"], r.get("peaks") or {}
+print(f"device {env['device']} torch {env['torch']} triton {env['triton']}",
+      f"| bf16 mm {peaks.get('bf16_matmul_tflops', 0):.0f} TFLOP/s copy {peaks.get('copy_tbps', 0):.2f} TB/s" if peaks else "")
+rows = {(x["L"], x["D"], x["method"]): x for x in r["rows"] if "error" not in x}
+print(f"{'L':>5} {'D':>3} | {'fused fwd':>9} {'sdpa2 fwd':>9} {'x':>5} {'floor':>5} | {'fused f+b':>9} {'best f+b':>9} {'x':>5} {'floor':>5} | fixed-cfg fwd/f+b")
+for s in r["speedups"]:
+    L, D = s["L"], s["D"]
+    f, q, fx = rows.get((L, D, "fused"), {}), rows.get((L, D, "sdpa_2calls"), {}), rows.get((L, D, "fused_fixed"), {})
+    b = rows.get((L, D, s.get("fwdbwd_best_baseline")), {})
+    ok = lambda k: "ok" if s.get(k) else ("MISS" if k in s else "-")
+    print(f"{L:>5} {D:>3} | {f.get('fwd_ms', 0):9.4f} {q.get('fwd_ms', 0):9.4f} {s.get('fwd_speedup_vs_sdpa_2calls', 0):5.2f} {ok('fwd_floor_met'):>5} |"
+          f" {f.get('fwdbwd_ms', 0):9.4f} {b.get('fwdbwd_ms', 0):9.4f} {s.get('fwdbwd_speedup_vs_best', 0):5.2f} {ok('fwdbwd_floor_met'):>5} |"
+          f" {fx.get('fwd_ms', 0):.4f}/{fx.get('fwdbwd_ms', 0):.4f}")
+if not r["speedups"]:
+    print(r.get("note") or "no fused rows")
+for x in r["rows"]:
+    if "error" in x:
+        print("error:", x["L"], x["D"], x["method"], x["error"])
+EOF
+    fi
+    [[ -f "$OUT/models.log" ]] && { echo "--- models (tail)"; tail -n 12 "$OUT/models.log"; }
+    [[ -f "$OUT/pytest_benchmarks.log" ]] && echo "pytest benchmarks: $(tail -n 1 "$OUT/pytest_benchmarks.log")"
+    echo "files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+} 2>&1 | tee "$OUT/summary.txt"
