@@ -42,7 +42,7 @@ UNITS = {
     "step_time": "median step time, ms (synchronised; after warm-up)",
     "step_time_spread": "interquartile range of the step time, ms",
     "batch_size": "cases per step, per modality",
-    "peak_memory_mb": "MiB: torch.cuda.max_memory_allocated on CUDA; sampled RSS increase on CPU",
+    "peak_memory_mb": "MiB: torch.cuda.max_memory_allocated on CUDA; peak RSS increase of the process on CPU",
     "train_speedup_vs_reference": "train images/s relative to the suite's reference model, same batch size",
 }
 

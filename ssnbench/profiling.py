@@ -8,8 +8,9 @@ Conventions used in every table built from this module:
 - **images/s** counts every image a model consumes: two per case for two-image models (ssn, dual),
   one per case for single-modality models. `batch_size` is always per modality (cases per step).
 - **peak memory**: on CUDA `torch.cuda.max_memory_allocated` over warm-up and timed steps (weights,
-  optimizer state and activations). On CPU a sampled resident-set-size increase of the process
-  (`memory_kind` says which); it is an approximation, not comparable with the CUDA number.
+  optimizer state and activations). On CPU the increase of the process's peak resident set size
+  over the timed block (Linux VmHWM, reset before it; `memory_kind` says which): it includes the
+  allocator's and the inputs' share, so compare it only with other CPU numbers.
 
 fvcore is imported lazily so that an environment without it (the lent GPU image) still measures
 throughput; GMACs are then None with a note.
@@ -20,9 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import statistics
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -237,48 +236,49 @@ def _loss(out: Any) -> torch.Tensor:
     return total
 
 
-class _RssSampler:
-    """Peak resident set size increase over a baseline, sampled in a thread (Linux /proc only)."""
+class _RssPeak:
+    """Peak resident-set-size increase of this process over the block (Linux only).
 
-    def __init__(self, interval_s: float = 0.005) -> None:
-        self.interval_s = interval_s
-        self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-        self.baseline = self._rss()
-        self.peak = self.baseline
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    Resets the kernel's high-water mark (`/proc/self/clear_refs` <- 5) on entry and reads `VmHWM`
+    on exit: exact, and no sampling thread competing with the timed steps. `delta_mb` is None where
+    that interface is missing.
+    """
 
-    def _rss(self) -> int | None:
+    def __init__(self) -> None:
+        self.baseline: int | None = None
+        self.peak: int | None = None
+
+    @staticmethod
+    def _status() -> dict[str, int]:
+        out = {}
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(("VmHWM:", "VmRSS:")):
+                    key, value = line.split(":", 1)
+                    out[key] = int(value.split()[0]) * 1024
+        return out
+
+    def __enter__(self) -> _RssPeak:
         try:
-            with open("/proc/self/statm") as fh:
-                return int(fh.read().split()[1]) * self.page
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            rss = self._rss()
-            if rss is not None and self.peak is not None:
-                self.peak = max(self.peak, rss)
-
-    def __enter__(self) -> _RssSampler:
-        if self.baseline is not None:
-            self._thread.start()
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self.baseline = self._status()["VmRSS"]
+        except (OSError, KeyError, ValueError):
+            self.baseline = None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        rss = self._rss()
-        if rss is not None and self.peak is not None:
-            self.peak = max(self.peak, rss)
+        if self.baseline is not None:
+            try:
+                self.peak = self._status()["VmHWM"]
+            except (OSError, KeyError, ValueError):
+                self.peak = None
 
     @property
     def delta_mb(self) -> float | None:
         if self.baseline is None or self.peak is None:
             return None
-        return (self.peak - self.baseline) / 2**20
+        return max(0, self.peak - self.baseline) / 2**20
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
@@ -319,7 +319,7 @@ def measure_throughput(model: nn.Module, batch_size: int, image_size: ImageSize,
         "step_time_spread_ms": None,
         "step_time_std_ms": None,
         "peak_memory_mb": None,
-        "memory_kind": "cuda_max_allocated" if on_cuda else "cpu_rss_increase_sampled",
+        "memory_kind": "cuda_max_allocated" if on_cuda else "cpu_peak_rss_increase",
         "device": torch.cuda.get_device_name(device) if on_cuda else "cpu",
         "amp": "bf16" if use_amp else None,
         "channels_last": channels_last,
@@ -358,7 +358,7 @@ def measure_throughput(model: nn.Module, batch_size: int, image_size: ImageSize,
                 with torch.inference_mode(), autocast:
                     model(clinic, derm)
 
-        sampler = _RssSampler() if not on_cuda else contextlib.nullcontext()
+        sampler = _RssPeak() if not on_cuda else contextlib.nullcontext()
         with sampler:
             times = _time_steps(step, warmup, iters, device)
         ordered = sorted(times)
@@ -369,7 +369,7 @@ def measure_throughput(model: nn.Module, batch_size: int, image_size: ImageSize,
         record["samples_per_sec"] = batch_size * mods / median
         if on_cuda:
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        elif isinstance(sampler, _RssSampler):
+        elif isinstance(sampler, _RssPeak):
             record["peak_memory_mb"] = sampler.delta_mb
     except torch.cuda.OutOfMemoryError as err:
         record["status"] = "oom"

@@ -119,3 +119,23 @@ def test_cuda_requested_without_cuda_is_a_user_error(fake_suite: None,
 def test_env_tag_is_file_name_safe() -> None:
     env = {"device": "NVIDIA H200 (SXM)", "device_type": "cuda", "torch": "2.11.0+cu130", "triton": "3.6.0"}
     assert bench_models.env_tag(env) == "NVIDIA-H200-SXM_torch2.11.0_triton3.6.0"
+
+
+def test_cli_on_a_real_tiny_suite(tmp_path: Path) -> None:
+    """The real path: suite parsed by ssnbench.config, model built by the registry."""
+    pytest.importorskip("ssnbench.models.registry")
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(
+        "name: tiny-real\n"
+        "dataset: {kind: synthetic, image_size: 32}\n"
+        "profile: {warmup: 0, iters: 1}\n"
+        "models:\n"
+        "  - {name: ssn-r18, arch: ssn, options: {backbone: resnet18, xattn: shared, xattn_impl: sdpa}}\n"
+    )
+    out = tmp_path / "out"
+    assert main(["bench", "models", "--suite", str(suite), "--batch-sizes", "1", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    row = json.loads(next(out.glob("bench_models_tiny-real_cpu_*.json")).read_text())["rows"][0]
+    assert row["infer_status"] == row["train_status"] == "ok"
+    assert row["infer_gmacs"] > 0 and row["params_cross_attention"] > 0
+    assert row["params"] == row["params_encoder"] + row["params_cross_attention"] + row["params_heads"]

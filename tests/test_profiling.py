@@ -187,3 +187,12 @@ def test_oom_is_recorded_and_the_sweep_goes_on(monkeypatch: pytest.MonkeyPatch) 
     assert records[2]["samples_per_sec"] is None and "out of memory" in records[2]["error"]
     assert calls["n"] == 2
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_real_ssn_and_dual_parts_and_sharing() -> None:
+    registry = pytest.importorskip("ssnbench.models.registry")
+    ssn = profiling.count_parameters(registry.build_model("ssn", backbone="resnet18", image_size=32))
+    dual = profiling.count_parameters(registry.build_model("dual", backbone="resnet18", image_size=32))
+    for counts in (ssn, dual):
+        assert sum(counts[k] for k in ("encoder", "cross_attention", "heads", "other")) == counts["total"]
+    assert ssn["encoder"] * 2 == dual["encoder"]  # one shared encoder, counted once
