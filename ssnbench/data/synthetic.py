@@ -188,10 +188,11 @@ def _noise(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, wavelength: f
     k = 2 * np.pi / (wavelength * rng.uniform(0.7, 1.4, n))
     a = rng.uniform(0, 2 * np.pi, n)
     ph = rng.uniform(0, 2 * np.pi, n)
-    out = np.zeros_like(x)
+    kx, ky, ph = (np.float32(v) for v in (k * np.cos(a), k * np.sin(a), ph))  # float32: 2x faster cos
+    out = np.zeros(x.shape, dtype=np.float32)
     for i in range(n):
-        out += np.cos(k[i] * (x * np.cos(a[i]) + y * np.sin(a[i])) + ph[i])
-    return out * np.sqrt(2.0 / n)
+        out += np.cos(kx[i] * x + ky[i] * y + ph[i])
+    return out * np.float32(np.sqrt(2.0 / n))
 
 
 def _smoothstep(v: np.ndarray) -> np.ndarray:
@@ -263,9 +264,9 @@ def render_lesion(rng: np.random.Generator, shown: tuple[int, ...], shown_raw: t
     radius = rng.uniform(r_lo, r_hi)
     cx, cy = rng.uniform(-0.08, 0.08, 2)
     rot = rng.uniform(0, 2 * np.pi)
-    u0, v0 = x - cx, y - cy
-    u = u0 * np.cos(rot) + v0 * np.sin(rot)
-    v = -u0 * np.sin(rot) + v0 * np.cos(rot)
+    u0, v0 = x - np.float32(cx), y - np.float32(cy)
+    cr, sr = np.float32(np.cos(rot)), np.float32(np.sin(rot))
+    u, v = u0 * cr + v0 * sr, -u0 * sr + v0 * cr
     elong = rng.uniform(1.0, 1.25 if diag != "MEL" else 1.45)
     ue, ve = u / elong, v * elong
     rho, theta = np.hypot(ue, ve), np.arctan2(ve, ue)
