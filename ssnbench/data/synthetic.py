@@ -489,7 +489,8 @@ def render_pair(case: SyntheticCase, seed: int, size: int) -> tuple[np.ndarray, 
                        for i in range(4)], axis=-1)
     a = np.clip(layers[..., 3], 0, 1)
     lesion = layers[..., :3] / np.maximum(a, 1e-3)[..., None]
-    lesion = 0.45 * lesion + 0.55 * gaussian_filter(lesion, (3, 3, 0))
+    px = size / 128  # blur radii are given for 128-px images and scale with the image
+    lesion = 0.45 * lesion + 0.55 * gaussian_filter(lesion, (3 * px, 3 * px, 0))
     tone = np.asarray(SKIN_TONES[rng.integers(len(SKIN_TONES))], dtype=np.float32)
     opacity = rng.uniform(0.65, 0.85)
     skin_c = _jitter(rng, tone, 0.03) * (1 + 0.03 * _noise(rng, x, y, 0.6))[..., None]
@@ -498,7 +499,8 @@ def render_pair(case: SyntheticCase, seed: int, size: int) -> tuple[np.ndarray, 
     gradient = np.cos(psi) * x + np.sin(psi) * y
     light = 1 + rng.uniform(0.1, 0.3) * gradient - rng.uniform(0, 0.25) * (x * x + y * y)
     clinic = clinic * light[..., None] * rng.uniform(0.92, 1.08, 3)
-    clinic = gaussian_filter(clinic, (rng.uniform(1.0, 1.6),) * 2 + (0,)) + rng.normal(0, 0.015, clinic.shape)
+    blur = rng.uniform(1.0, 1.6) * px
+    clinic = gaussian_filter(clinic, (blur, blur, 0)) + rng.normal(0, 0.015, clinic.shape)
 
     def to_u8(img: np.ndarray) -> np.ndarray:
         return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
