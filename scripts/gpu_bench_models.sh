@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Model benchmarks of issue 5, for the one prepared GPU call (scripts/gpu_check.sh calls it as its
+# model-benchmark step; it also runs alone). Also runs on a CPU box: a tiny smoke instead (see below).
+#
+#   1. `ssnbench bench models --suite suites/bench_gpu.yaml --batch-sizes 32 --device cuda`:
+#      SSN-ResNet50 (no cross-attention; shared cross-attention at the last 3 stages with impl
+#      triton and with impl sdpa) and dual-ResNet50, B=32 per modality, bf16, channels_last.
+#   2. `pytest tests/benchmarks` with real timing (--benchmark-json).
+#   3. The issue-5 floors judged from step 1's JSON, printed last.
+#
+# Writes exactly three files into $OUT (the device call returns at most 8 in all):
+#   $OUT/models.log              step 1 console table + step 3 floors
+#   $OUT/pytest_benchmarks.log   step 2 console table
+#   $OUT/models.tar.gz           bench_models_*.{csv,json,md}, models.json, pytest_benchmarks.json, floors.txt
+# Budget on an H200: ~1.5 min for step 1 (GMACs counted on the CPU with fvcore when installed,
+# Triton autotune on first use), ~1 min for step 2; each step has its own time limit.
+#
+# Without CUDA (or with SMOKE=1) it runs a tiny CPU smoke so the script itself stays tested:
+# ResNet-18 at 64 px, B=2, one timed step, and the pytest cases once with --benchmark-disable.
+# Knobs (env): OUT, PY, MODELS_SUITE, MODELS_BATCH_SIZES, T_MODELS, T_PYBENCH (seconds), SMOKE=1,
+#              MODELS_ON_CPU=1 (the real suite on CPU: slow, minutes per model).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT="${OUT:-/tmp/gpu_bench_models_out}"
+mkdir -p "$OUT"
+if [[ -z "${PY:-}" ]]; then
+    if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python; fi
+fi
+T_MODELS="${T_MODELS:-150}"
+T_PYBENCH="${T_PYBENCH:-120}"
+WORK=$(mktemp -d /tmp/ssn_bench_models.XXXXXX)
+START=$SECONDS
+GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+
+SUITE="${MODELS_SUITE:-suites/bench_gpu.yaml}"
+BATCHES="${MODELS_BATCH_SIZES:-32}"
+DEVICE=cuda
+PYBENCH=(--benchmark-only --benchmark-warmup=on --benchmark-warmup-iterations=3 --benchmark-max-time=0.3
+         --benchmark-min-rounds=5 --benchmark-columns=median,iqr,ops,rounds --benchmark-sort=name
+         --benchmark-json "$WORK/pytest_benchmarks.json")
+if [[ "$GPU" != 1 || "${SMOKE:-0}" == 1 ]]; then
+    DEVICE=cpu
+    if [[ "${MODELS_ON_CPU:-0}" != 1 ]]; then
+        echo "gpu_bench_models: no CUDA device (or SMOKE=1): tiny CPU smoke, numbers are not the benchmark"
+        SUITE="$WORK/bench_cpu_smoke.yaml"
+        BATCHES=2
+        cat >"$SUITE" <<'EOF'
+name: bench_cpu_smoke
+dataset: {kind: synthetic, image_size: 64}
+profile: {warmup: 1, iters: 1}
+reference: ssn-r50
+model_defaults: {options: {backbone: resnet18}}
+models:  # the names of suites/bench_gpu.yaml, so the floors code runs end to end
+  - {name: ssn-r50, arch: ssn, options: {xattn: none}}
+  - {name: ssn-r50-xattn-triton, arch: ssn, options: {xattn: shared, xattn_impl: triton}}
+  - {name: ssn-r50-xattn-sdpa, arch: ssn, options: {xattn: shared, xattn_impl: sdpa}}
+  - {name: dual-r50, arch: dual, options: {xattn: none}}
+EOF
+    fi
+    PYBENCH=(--benchmark-disable)
+fi
+
+run_step() {  # run_step LIMIT LOGFILE CMD...: time-limited, logged, rc printed
+    local limit=$1 log=$2
+    shift 2
+    echo "=== [$((SECONDS - START))s] $* (limit ${limit}s) -> $log"
+    timeout --signal=INT --kill-after=15 "$limit" "$@" >>"$log" 2>&1
+    local rc=$?
+    echo "=== rc=$rc after $((SECONDS - START))s"
+    return $rc
+}
+
+# ---- 1. bench models ------------------------------------------------------------------------------
+: >"$OUT/models.log"
+COLUMNS=160 run_step "$T_MODELS" "$OUT/models.log" \
+    "$PY" -m ssnbench bench models --suite "$SUITE" --device "$DEVICE" --batch-sizes "$BATCHES" \
+    --out "$WORK" --json "$WORK/models.json"
+RC_MODELS=$?
+
+# ---- 2. pytest-benchmark cases ------------------------------------------------------------------
+: >"$OUT/pytest_benchmarks.log"
+COLUMNS=160 run_step "$T_PYBENCH" "$OUT/pytest_benchmarks.log" \
+    "$PY" -m pytest -q -p no:cacheprovider -p no:xdist -rs tests/benchmarks "${PYBENCH[@]}"
+RC_PYBENCH=$?
+tail -n 3 "$OUT/pytest_benchmarks.log"
+
+# ---- 3. floors (issue 5; same run, same card) ----------------------------------------------------
+if [[ -f "$WORK/models.json" ]]; then
+    "$PY" - "$WORK/models.json" <<'EOF' 2>&1 | tee "$WORK/floors.txt" | tee -a "$OUT/models.log"
+import json, sys
+
+data = json.load(open(sys.argv[1]))
+env = data["environment"]
+rows = {(r["model"], r["train_batch_size"]): r for r in data["rows"]}
+print(f"floors on {env['device']} (torch {env['torch']}, triton {env['triton']}, "
+      f"amp {data['rows'][0].get('amp')}, channels_last {data['rows'][0].get('channels_last')}):")
+for b in sorted({k[1] for k in rows}):
+    get = lambda name, col: (rows.get((name, b)) or {}).get(col)  # noqa: E731
+    ssn, trit, sdpa, dual = (get(n, "train_samples_per_sec") for n in
+                             ("ssn-r50", "ssn-r50-xattn-triton", "ssn-r50-xattn-sdpa", "dual-r50"))
+    mem = {n: get(n, "train_peak_memory_mb") for n in ("ssn-r50", "ssn-r50-xattn-triton", "dual-r50")}
+
+    def line(text, ok):
+        mark = "-" if ok is None else ("ok" if ok else "MISS")
+        print(f"  B={b:<3} {text:<64} {mark}")
+
+    have = lambda *v: all(x is not None for x in v)  # noqa: E731
+    line(f"SSN train {ssn} img/s vs dual {dual}: x{ssn / dual:.2f} (>= 1.6)" if have(ssn, dual)
+         else "SSN vs dual train img/s: missing", (ssn / dual >= 1.6) if have(ssn, dual) else None)
+    line(f"xattn triton costs {1 - trit / ssn:.1%} of SSN train img/s (<= 15%)" if have(trit, ssn)
+         else "xattn triton cost: missing", (1 - trit / ssn <= 0.15) if have(trit, ssn) else None)
+    line(f"triton {trit} vs sdpa {sdpa} train img/s: x{trit / sdpa:.2f} (> 1)" if have(trit, sdpa)
+         else "triton vs sdpa: missing", (trit > sdpa) if have(trit, sdpa) else None)
+    for name in ("ssn-r50", "ssn-r50-xattn-triton"):
+        m, d = mem[name], mem["dual-r50"]
+        line(f"{name} peak train {m} MiB vs dual {d} MiB (<=)" if have(m, d) else f"{name} memory: missing",
+             (m <= d) if have(m, d) else None)
+for r in data["rows"]:
+    if r.get("error"):
+        print(f"  note {r['model']} B={r['train_batch_size']}: {r['error']}")
+EOF
+fi
+
+tar -czf "$OUT/models.tar.gz" -C "$WORK" . 2>/dev/null
+rm -rf "$WORK"
+echo "gpu_bench_models: bench models rc=$RC_MODELS, pytest benchmarks rc=$RC_PYBENCH, $((SECONDS - START))s," \
+     "device=$DEVICE; files: models.log pytest_benchmarks.log models.tar.gz in $OUT"
+exit $(( RC_MODELS != 0 ? RC_MODELS : RC_PYBENCH ))
