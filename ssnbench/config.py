@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +239,17 @@ def _interpolate(ctx: _Ctx, path: str, value: Any) -> Any:
         hint = f"; {DATA_HINT}" if name == "DERM7PT_ROOT" else ""
         raise ctx.fail(path, f"environment variable {name} is not set{hint}")
 
-    return _ENV.sub(repl, value)
+    whole = _ENV.fullmatch(value.strip())
+    out = _ENV.sub(repl, value)
+    if whole and out != value:
+        # `pretrained: ${R50_WEIGHTS:-false}`: a value that is one variable is read as YAML, so it can be a
+        # boolean or a number as well as a path.
+        try:
+            parsed = yaml.safe_load(out)
+        except yaml.YAMLError:
+            return out
+        return parsed if isinstance(parsed, (bool, int, float)) else out
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,6 +414,21 @@ def _model(ctx: _Ctx, index: int, raw: Any, defaults: dict) -> ModelSpec:
     )
 
 
+def _with_image_size(spec: ModelSpec, image_size: int) -> ModelSpec:
+    """Models that need the input size (ViT/Swin position embeddings) get the dataset's, unless set."""
+    if "image_size" in spec.options:
+        return spec
+    try:
+        from ssnbench.models.registry import arch_options  # noqa: PLC0415
+
+        accepts = "image_size" in arch_options(spec.arch)
+    except (ImportError, UserError):
+        return spec  # an unknown arch is reported by _check_model
+    if not accepts:
+        return spec
+    return replace(spec, options={**spec.options, "image_size": image_size})
+
+
 def _check_model(ctx: _Ctx, index: int, spec: ModelSpec) -> None:
     """Ask the registry whether it can build this model; its ConfigError gets our file and key path.
 
@@ -517,6 +542,7 @@ def load(path: str | os.PathLike, check_models: bool = True, check_data: bool = 
     else:
         reference = next((m.name for m in models if m.arch == "ssn"), None)
 
+    models = tuple(_with_image_size(m, dataset.image_size) for m in models)
     if check_models:
         for i, m in enumerate(models):
             _check_model(ctx, i, m)

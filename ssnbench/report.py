@@ -277,6 +277,8 @@ def _pm(stat: dict | None) -> str:
         return "–"
     if math.isnan(stat["mean"]):
         return "–"
+    if stat["std"] is None or math.isnan(stat["std"]):  # one seed: no spread to show
+        return f"{100 * stat['mean']:.1f}"
     return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
 
 
@@ -337,7 +339,7 @@ def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
             f"{train.get('epochs')} epochs, batch {train.get('batch_size')}, AdamW lr "
             f"{train.get('lr')} wd {train.get('weight_decay')}, cosine with "
             f"{train.get('warmup_epochs')} warm-up epochs, grad clip {train.get('grad_clip')}, "
-            f"AMP {'bf16 (CUDA)' if train.get('amp') else 'off'}, "
+            f"AMP {'bf16 on CUDA (off on CPU)' if train.get('amp') else 'off'}, "
             f"checkpoint: best validation average accuracy",
         ],
         ["seeds", ", ".join(str(s) for s in sorted({r["seed"] for r in summary["runs"]}))],

@@ -204,13 +204,13 @@ class Data:
     info: dict[str, Any]
 
 
-def open_data(spec: DatasetSpec, progress: Progress | None = None) -> Data:
+def open_data(spec: DatasetSpec, progress: Progress | None = None, cache: Path | None = None) -> Data:
     """Load (generating if synthetic) the release once per suite; every job reuses the datasets."""
     from ssnbench.data.derm7pt import load_release, make_datasets  # noqa: PLC0415
 
     if spec.kind == "synthetic":
         t0 = time.perf_counter()
-        root = synthetic_root(spec)
+        root = synthetic_root(spec, cache)
         if progress:
             progress.log(f"synthetic data: {root} ({time.perf_counter() - t0:.1f}s)")
     else:

@@ -218,7 +218,7 @@ def fit(
                 loss, _ = loss_fn(outputs, y)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
-                        f"training loss became {float(loss)} at epoch {epoch}, step {step + 1} "
+                        f"training loss became {float(loss.detach())} at epoch {epoch}, step {step + 1} "
                         f"(lr {scheduler.get_last_lr()[0]:.3g}); lower train.lr or enable train.grad_clip"
                     )
                 optimizer.zero_grad(set_to_none=True)
