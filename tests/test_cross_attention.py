@@ -34,6 +34,12 @@ def test_impls_agree_and_shapes_kept(shared: bool, r: int) -> None:
     m.impl = "reference"
     out = m(f_c.to(memory_format=torch.channels_last), f_d)
     torch.testing.assert_close(out[0], ref[0])
+    # float64 always takes the reference core; float32 runs the Triton kernels (interpreter on CPU)
+    m = m.float()
+    m.impl = "triton"
+    out = m(f_c.float(), f_d.float())
+    for a, b in zip(ref, out, strict=True):
+        torch.testing.assert_close(b, a.float(), rtol=1e-5, atol=1e-5)
 
 
 def test_zero_gate_is_identity_and_gate_gets_gradient() -> None:
