@@ -19,6 +19,8 @@ throughput; GMACs are then None with a note.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import logging
 import math
 import statistics
@@ -236,6 +238,14 @@ def _loss(out: Any) -> torch.Tensor:
     return total
 
 
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc), so an earlier model's freed tensors do not
+    hide this block's growth in RSS."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class _RssPeak:
     """Peak resident-set-size increase of this process over the block (Linux only).
 
@@ -259,6 +269,7 @@ class _RssPeak:
         return out
 
     def __enter__(self) -> _RssPeak:
+        _release_free_memory()
         try:
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")
