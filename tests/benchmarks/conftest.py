@@ -8,12 +8,14 @@ Run modes:
   threshold when it carries `@pytest.mark.benchmark_threshold(PCT)` (noisy cases: sub-millisecond
   CPU work, the data loader). The hook below swaps the global percentage for the case's one.
 
+CPU cases run with one torch thread (SSNBENCH_BENCH_THREADS=N to change) for stable medians.
 Shapes: on CUDA the real ones (B=32, 224-px SSN-ResNet50 stages, bf16); on CPU tiny ones so the
 whole folder stays well under a minute (they guard correctness and catch gross CPU regressions).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -51,6 +53,24 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if bs is not None and bs.compare_fail:
         bs.compare_fail = [c if isinstance(c, _PerCaseThreshold) else _PerCaseThreshold(c)
                            for c in bs.compare_fail]
+
+
+CPU_THREADS = int(os.environ.get("SSNBENCH_BENCH_THREADS", "1"))
+
+
+@pytest.fixture(autouse=True)
+def _cpu_threads() -> Iterator[None]:
+    """One intra-op thread per CPU case (SSNBENCH_BENCH_THREADS to change): on a shared box,
+    oversubscribed OpenMP threads turn a 1 ms op into 50 ms at random, drowning any regression."""
+    if CUDA:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(CPU_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -30,7 +30,7 @@ def _qkv(tokens: int, d: int, grad: bool) -> list[torch.Tensor]:
 
 
 @pytest.mark.benchmark(group="op-forward")
-@pytest.mark.benchmark_threshold(10 if CUDA else 25)
+@pytest.mark.benchmark_threshold(10 if CUDA else 50)  # CPU: sub-ms, dispatcher-bound
 @pytest.mark.parametrize(("tokens", "d"), STAGES, ids=IDS)
 def test_fused_op_forward(tokens: int, d: int, timed: Callable[..., Any], reference_dispatch: None) -> None:
     qkv = _qkv(tokens, d, grad=False)
@@ -41,7 +41,7 @@ def test_fused_op_forward(tokens: int, d: int, timed: Callable[..., Any], refere
 
 
 @pytest.mark.benchmark(group="op-forward-backward")
-@pytest.mark.benchmark_threshold(10 if CUDA else 25)
+@pytest.mark.benchmark_threshold(10 if CUDA else 50)  # CPU: sub-ms, dispatcher-bound
 @pytest.mark.parametrize(("tokens", "d"), STAGES, ids=IDS)
 def test_fused_op_forward_backward(tokens: int, d: int, timed: Callable[..., Any],
                                    reference_dispatch: None) -> None:
@@ -61,7 +61,7 @@ BLOCK = dict(b=32, c=512, side=28, heads=8) if CUDA else dict(b=2, c=32, side=8,
 
 
 @pytest.mark.benchmark(group="block-forward-backward")
-@pytest.mark.benchmark_threshold(10 if CUDA else 25)
+@pytest.mark.benchmark_threshold(10 if CUDA else 50)  # CPU: sub-ms, dispatcher-bound
 @pytest.mark.parametrize("impl", ["reference", "sdpa", "triton"])
 def test_block_forward_backward(impl: str, timed: Callable[..., Any], reference_dispatch: None) -> None:
     if impl == "triton" and not CUDA:
