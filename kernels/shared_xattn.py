@@ -152,12 +152,13 @@ def _fwd_kernel(
 
 @triton.jit(do_not_specialize=_NO_SPEC)
 def _bwd_preprocess_kernel(
-    Oc, Od, dOc, dOd, DELc, DELd,
+    Oc, Od, dOc, dOd, DELc, DELd, DQAc, DQAd,
     sgc_b, sgc_h, sgc_l, sgd_b, sgd_h, sgd_l,
     H, Lc, Ld,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, ZERO_DQ: tl.constexpr,
 ):
-    """delta = rowsum(dO * O) for both directions (O contiguous, dO strided)."""
+    """delta = rowsum(dO * O) for both directions (O contiguous, dO strided); with ZERO_DQ also
+    zero the fp32 dQ accumulators of the atomic backward (saves a memset launch)."""
     start_m = tl.program_id(0)
     bh = tl.program_id(1)
     direction = tl.program_id(2)
@@ -168,12 +169,14 @@ def _bwd_preprocess_kernel(
         do_base = dOc + b * sgc_b + h * sgc_h
         s_gl = sgc_l
         del_base = DELc
+        dqa_base = DQAc
         Lq = Lc
     else:
         o_base = Od
         do_base = dOd + b * sgd_b + h * sgd_h
         s_gl = sgd_l
         del_base = DELd
+        dqa_base = DQAd
         Lq = Ld
     if start_m * BLOCK_M >= Lq:
         return
@@ -184,6 +187,9 @@ def _bwd_preprocess_kernel(
     o = tl.load(o_base + row[:, None] * HEAD_DIM + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
     do = tl.load(do_base + offs_m[:, None] * s_gl + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
     tl.store(del_base + row, tl.sum(o * do, 1), mask=offs_m < Lq)
+    if ZERO_DQ:
+        zeros = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        tl.store(dqa_base + row[:, None] * HEAD_DIM + offs_d[None, :], zeros, mask=mask)
 
 
 @triton.jit
@@ -403,6 +409,97 @@ def _bwd_kernel(
         tl.store(dq_base + out_q, (dq * sm_scale).to(dq_base.dtype.element_ty), mask=m_mask)
 
 
+@triton.jit(do_not_specialize=_NO_SPEC)
+def _bwd_atomic_kernel(
+    Qc, Kc, Vc, Qd, Kd, Vd, dOc, dOd, LSEc, LSEd, DELc, DELd,
+    DQAc, dKc, dVc, DQAd, dKd, dVd,
+    sqc_b, sqc_h, sqc_l, skc_b, skc_h, skc_l, svc_b, svc_h, svc_l,
+    sqd_b, sqd_h, sqd_l, skd_b, skd_h, skd_l, svd_b, svd_h, svd_l,
+    sgc_b, sgc_h, sgc_l, sgd_b, sgd_h, sgd_l,
+    H, Lc, Lkc, Ld, Lkd, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """FlashAttention-2 original: program = one key block; loop over queries computing P once for
+    dV, dK and a dQ partial that is atomically added to an fp32 accumulator (zeroed by preprocess)."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    direction = tl.program_id(2)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    q_base, k_base, v_base, do_base, s_ql, s_kl, s_vl, s_gl, Lq, Lk = _bwd_select(
+        Qc, Kc, Vc, Qd, Kd, Vd, dOc, dOd,
+        sqc_b, sqc_h, sqc_l, skc_b, skc_h, skc_l, svc_b, svc_h, svc_l,
+        sqd_b, sqd_h, sqd_l, skd_b, skd_h, skd_l, svd_b, svd_h, svd_l,
+        sgc_b, sgc_h, sgc_l, sgd_b, sgd_h, sgd_l,
+        Lc, Lkc, Ld, Lkd, b, h, direction,
+    )
+    if direction == 0:
+        lse_base = LSEc
+        del_base = DELc
+        dqa_base = DQAc
+        dk_base = dKd
+        dv_base = dVd
+    else:
+        lse_base = LSEd
+        del_base = DELd
+        dqa_base = DQAd
+        dk_base = dKc
+        dv_base = dVc
+    start_n = pid * BLOCK_N
+    if start_n >= Lk:
+        return
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    row0 = bh.to(tl.int64) * Lq
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    n_valid = offs_n < Lk
+    n_mask = n_valid[:, None] & d_ok
+    k = tl.load(k_base + offs_n[:, None] * s_kl + offs_d[None, :], mask=n_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * s_vl + offs_d[None, :], mask=n_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    for start_m in range(0, Lq, BLOCK_M):
+        offs_m = start_m + offs_m0
+        m_mask = (offs_m[:, None] < Lq) & d_ok
+        q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :], mask=m_mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * s_gl + offs_d[None, :], mask=m_mask, other=0.0)
+        lse = tl.load(lse_base + row0 + offs_m, mask=offs_m < Lq, other=float("inf"))
+        delta = tl.load(del_base + row0 + offs_m, mask=offs_m < Lq, other=0.0)
+        qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
+        pT = tl.math.exp2(qkT - lse[None, :] * 1.4426950408889634)
+        pT = tl.where(n_valid[:, None], pT, 0.0)  # keys past Lk must not leak into dQ
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        dsT = (pT * (dpT - delta[None, :])).to(q.dtype)
+        dk = tl.dot(dsT, q, dk, input_precision=DOT_PREC)
+        dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PREC) * sm_scale
+        tl.atomic_add(dqa_base + (row0 + offs_m)[:, None] * HEAD_DIM + offs_d[None, :], dq, mask=m_mask,
+                      sem="relaxed")
+    row_k = bh.to(tl.int64) * Lk + offs_n
+    out_k = row_k[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(dk_base + out_k, (dk * sm_scale).to(dk_base.dtype.element_ty), mask=n_mask)
+    tl.store(dv_base + out_k, dv.to(dv_base.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit(do_not_specialize=["Nc", "Nd"])
+def _cast_pair_kernel(Xc, Xd, Yc, Yd, Nc, Nd, BLOCK: tl.constexpr):
+    """Y = X.to(Y.dtype) for two flat buffers in one launch (the atomic path's dQ accumulators)."""
+    pid = tl.program_id(0)
+    if tl.program_id(1) == 0:
+        x_ptr = Xc
+        y_ptr = Yc
+        n = Nc
+    else:
+        x_ptr = Xd
+        y_ptr = Yd
+        n = Nd
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=mask).to(y_ptr.dtype.element_ty), mask=mask)
+
+
 # ----------------------------------------------------------------------------------------------
 # Configurations: autotuned on CUDA, a fixed table in the interpreter
 # ----------------------------------------------------------------------------------------------
@@ -419,17 +516,20 @@ def _autotune_enabled() -> bool:
 _FWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm, bn, w, s in [
-        (32, 32, 2, 2), (32, 64, 2, 2), (64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 2, 2),
-        (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3),
-        (128, 128, 8, 3), (128, 64, 8, 4),
+        (32, 32, 2, 2), (32, 64, 2, 2), (64, 64, 2, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 3),
+        (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3),
     ]
 ]
 _BWD_CONFIGS = [
     triton.Config({"BLOCK_M1": m1, "BLOCK_N1": n1, "BLOCK_M2": m2, "BLOCK_N2": n2}, num_warps=w, num_stages=s)
     for m1, n1, m2, n2, w, s in [
         (32, 64, 64, 32, 4, 2), (32, 64, 64, 32, 4, 3), (64, 64, 64, 64, 4, 3), (32, 128, 128, 32, 4, 3),
-        (32, 128, 128, 32, 8, 3), (64, 128, 128, 64, 8, 3), (16, 64, 64, 16, 4, 3), (64, 64, 64, 64, 8, 2),
+        (32, 128, 128, 32, 8, 3), (64, 128, 128, 64, 8, 3), (64, 64, 64, 64, 8, 2),
     ]
+]
+_ATOMIC_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [(32, 64, 4, 2), (64, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 3), (32, 128, 8, 2)]
 ]
 _SMALL_CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (2, 4, 8)]
 
@@ -441,6 +541,15 @@ def _prune_fwd(configs: list, named_args: dict, **kwargs: Any) -> list:
     keep = [c for c in configs if c.kwargs["BLOCK_M"] <= bm_max and c.kwargs["BLOCK_N"] <= bn_max]
     if kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM", 64)) > 64:  # big tiles spill at D=128
         keep = [c for c in keep if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 64] or keep
+    return keep or configs[:1]
+
+
+def _prune_atomic(configs: list, named_args: dict, **kwargs: Any) -> list:
+    lq = max(named_args["Lc"], named_args["Ld"])
+    lk = max(named_args["Lkc"], named_args["Lkd"])
+    keep = [c for c in configs if c.kwargs["BLOCK_M"] <= _np2(lq, 32) and c.kwargs["BLOCK_N"] <= _np2(lk, 32)]
+    if kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM", 64)) > 64:
+        keep = [c for c in keep if c.kwargs["BLOCK_N"] <= 64] or keep
     return keep or configs[:1]
 
 
@@ -467,10 +576,15 @@ def _tuned(name: str) -> Any:
         fn, configs, prune = {
             "fwd": (_fwd_kernel, _FWD_CONFIGS, _prune_fwd),
             "bwd": (_bwd_kernel, _BWD_CONFIGS, _prune_bwd),
+            "bwd_atomic": (_bwd_atomic_kernel, _ATOMIC_CONFIGS, _prune_atomic),
             "bwd_small": (_bwd_small_kernel, _SMALL_CONFIGS, None),
         }[name]
         prune_by = {"early_config_prune": prune} if prune else None
-        _AUTOTUNED[name] = triton.autotune(configs=configs, key=_KEYS, prune_configs_by=prune_by)(fn)
+        # the atomic kernel accumulates dQ: zero the accumulators before every timed run
+        reset = ["DQAc", "DQAd"] if name == "bwd_atomic" else None
+        _AUTOTUNED[name] = triton.autotune(
+            configs=configs, key=_KEYS, prune_configs_by=prune_by, reset_to_zero=reset
+        )(fn)
     return _AUTOTUNED[name]
 
 
@@ -524,10 +638,19 @@ def _fixed_fwd(lq: int, lk: int, d: int) -> dict[str, Any]:
     return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
 
 
+def _fixed_atomic(lq: int, lk: int, d: int) -> dict[str, Any]:
+    if INTERPRET:
+        return {"BLOCK_M": 16, "BLOCK_N": 16}
+    return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+
+
 def _fixed_bwd(lq: int, lk: int, d: int) -> dict[str, Any]:
     if INTERPRET:
         return {"BLOCK_M1": 16, "BLOCK_N1": 16, "BLOCK_M2": 16, "BLOCK_N2": 16}
-    if d > 64 or max(lq, lk) <= 256:
+    if d > 64:  # no register spills at D=128 (ptxas, sm_90)
+        blocks = {"BLOCK_M1": 64, "BLOCK_N1": 64, "BLOCK_M2": 64, "BLOCK_N2": 64}
+        return {**blocks, "num_warps": 8, "num_stages": 2}
+    if max(lq, lk) <= 256:
         blocks = {"BLOCK_M1": 32, "BLOCK_N1": 64, "BLOCK_M2": 64, "BLOCK_N2": 32}
         return {**blocks, "num_warps": 4, "num_stages": 2}
     blocks = {"BLOCK_M1": 32, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 32}
@@ -630,8 +753,8 @@ def backward(
             g.zero_()
         return tuple(grads)  # type: ignore[return-value]
     lq, lk = max(Lc, Ld), max(Lkc, Lkd)
-    if path is None:
-        path = "small" if lq <= SMALL_MAX_TOKENS and lk <= SMALL_MAX_TOKENS else "general"
+    if path is None and lq <= SMALL_MAX_TOKENS and lk <= SMALL_MAX_TOKENS:
+        path = "small"
     strides = _strides(q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d)
     meta = {"HEAD_DIM": D, "BLOCK_D": _np2(D), "DOT_PREC": _dot_prec(q_c.dtype)}
     common = (*strides, H, Lc, Lkc, Ld, Lkd, scale * LOG2E, scale)
@@ -640,28 +763,80 @@ def backward(
         LAUNCHES["bwd_small"] += 1
         args = (q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, o_c, o_d, lse_c, lse_d, *grads, *common)
         blocks = {"BLOCK_M": _np2(lq), "BLOCK_N": _np2(lk)}
-        fixed = {"num_warps": 4 if lq * lk > 1024 else 2, "num_stages": 1}
+        fixed = {"num_warps": 8 if D > 64 else 4 if lq * lk > 1024 else 2, "num_stages": 1}
         _launch("bwd_small", _bwd_small_kernel, lambda m: (1, B * H, 2), args, {**meta, **blocks}, key, fixed)
         return tuple(grads)  # type: ignore[return-value]
-    if path != "general":
-        raise ValueError(f"unknown backward path {path!r}; expected 'small' or 'general'")
+    if path is None:
+        path = os.environ.get("SSNBENCH_XATTN_BWD_PATH") or None
+    if path not in (None, "general", "atomic"):
+        raise ValueError(f"unknown backward path {path!r}; expected 'small', 'general' or 'atomic'")
 
-    LAUNCHES["bwd_preprocess"] += 1
     delta_c = torch.empty_like(lse_c)
     delta_d = torch.empty_like(lse_d)
+    fp32_out = q_c.dtype == torch.float32
     pre_block = 64 if not INTERPRET else 16
-    _bwd_preprocess_kernel[(triton.cdiv(lq, pre_block), B * H, 2)](
-        o_c, o_d, do_c, do_d, delta_c, delta_d, *_strides(do_c, do_d), H, Lc, Ld,
-        HEAD_DIM=D, BLOCK_D=_np2(D), BLOCK_M=pre_block,
-    )
-    LAUNCHES["bwd"] += 1
-    args = (q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, lse_c, lse_d, delta_c, delta_d, *grads, *common)
 
-    def grid(m: dict[str, Any]) -> tuple[int, int, int]:
-        return (max(triton.cdiv(lk, m["BLOCK_N1"]), triton.cdiv(lq, m["BLOCK_M2"])), B * H, 2)
+    def run(which: str) -> None:
+        """One whole backward by `which` path, writing `grads` (idempotent: safe to re-run)."""
+        atomic = which == "atomic"
+        if atomic:  # fp32 dQ accumulators (the gradients themselves when they are fp32)
+            dqa_c = dq_c if fp32_out else torch.empty(dq_c.shape, device=dq_c.device, dtype=torch.float32)
+            dqa_d = dq_d if fp32_out else torch.empty(dq_d.shape, device=dq_d.device, dtype=torch.float32)
+        else:
+            dqa_c, dqa_d = delta_c, delta_d  # unused
+        LAUNCHES["bwd_preprocess"] += 1
+        _bwd_preprocess_kernel[(triton.cdiv(lq, pre_block), B * H, 2)](
+            o_c, o_d, do_c, do_d, delta_c, delta_d, dqa_c, dqa_d, *_strides(do_c, do_d), H, Lc, Ld,
+            HEAD_DIM=D, BLOCK_D=_np2(D), BLOCK_M=pre_block, ZERO_DQ=atomic,
+        )
+        if not atomic:
+            LAUNCHES["bwd"] += 1
+            args = (q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, lse_c, lse_d, delta_c, delta_d, *grads, *common)
 
-    _launch("bwd", _bwd_kernel, grid, args, meta, key, _fixed_bwd(lq, lk, D))
+            def grid(m: dict[str, Any]) -> tuple[int, int, int]:
+                return (max(triton.cdiv(lk, m["BLOCK_N1"]), triton.cdiv(lq, m["BLOCK_M2"])), B * H, 2)
+
+            _launch("bwd", _bwd_kernel, grid, args, meta, key, _fixed_bwd(lq, lk, D))
+            return
+        LAUNCHES["bwd_atomic"] += 1
+        args = (
+            q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, lse_c, lse_d, delta_c, delta_d,
+            dqa_c, dk_c, dv_c, dqa_d, dk_d, dv_d, *common,
+        )
+        grid = lambda m: (triton.cdiv(lk, m["BLOCK_N"]), B * H, 2)
+        _launch("bwd_atomic", _bwd_atomic_kernel, grid, args, meta, key, _fixed_atomic(lq, lk, D))
+        if not fp32_out:
+            LAUNCHES["bwd_cast"] += 1
+            n = max(dq_c.numel(), dq_d.numel())
+            _cast_pair_kernel[(triton.cdiv(n, 1024), 2)](
+                dqa_c, dqa_d, dq_c, dq_d, dq_c.numel(), dq_d.numel(), BLOCK=1024
+            )
+
+    run(path or _choose_path(key, run, lq, lk, D))
     return tuple(grads)  # type: ignore[return-value]
+
+
+DEFAULT_LARGE_PATH = "general"
+
+
+def _choose_path(key: tuple, run: Any, lq: int, lk: int, d: int) -> str:
+    """general (two loops, no atomics) or atomic (P once, dQ by fp32 atomics) for this shape: timed
+    once per key when autotuning (each path autotuned first), else DEFAULT_LARGE_PATH."""
+    if not _autotune_enabled():
+        return DEFAULT_LARGE_PATH
+    best = _BEST.get(("bwd_path", key))
+    if best is None:
+        from triton.testing import do_bench
+
+        times = {}
+        for which in ("general", "atomic"):
+            run(which)  # autotunes that path's kernel
+            times[which] = float(do_bench(lambda w=which: run(w), warmup=5, rep=25, return_mode="median"))
+        best = {"path": min(times, key=times.get)}
+        _BEST[("bwd_path", key)] = best
+        TUNING_LOG.append({"kernel": "bwd_path", "key": [str(k) for k in key], "best": best["path"],
+                           "timings_ms": times})
+    return best["path"]
 
 
 def flops_forward(B: int, H: int, Lc: int, Ld: int, Lkc: int, Lkd: int, D: int) -> float:

@@ -4,6 +4,7 @@ For the SSN stage shapes (B=32, 8 heads, 3136/784/196/49 tokens, head dims 32 an
 times forward and forward+backward of both directions for:
 - fused       our Triton op (one launch forward, one or two backward), autotuned
 - fused_fixed the same kernels with the fixed config table (SSNBENCH_XATTN_AUTOTUNE=0)
+- fused_op    the autotuned kernels called through the torch.library custom op (dispatch overhead)
 - sdpa_2calls torch SDPA once per direction
 - sdpa_batched one SDPA call over both directions stacked on the batch (inputs pre-stacked)
 - naive       softmax(q kᵀ s) v in plain PyTorch, per direction
@@ -32,6 +33,10 @@ from torch import Tensor
 FWD_FLOORS = {49: 2.5, 196: 1.6, 784: 1.4, 3136: 1.25}  # fused fwd vs SDPA per direction
 FWDBWD_FLOORS = {49: 1.5, 196: 1.5, 784: 1.5, 3136: 1.2}  # fused fwd+bwd vs best PyTorch baseline
 BASELINES = ("sdpa_2calls", "sdpa_batched", "naive", "compiled")
+METHOD_ENV = {
+    "fused_fixed": {"SSNBENCH_XATTN_AUTOTUNE": "0"},  # fixed config table instead of autotuned
+    "fused_op": {"SSNBENCH_XATTN_CUSTOM_OP": "1"},  # through torch.library dispatch (what compile sees)
+}
 
 Inputs = list[Tensor]
 
@@ -52,7 +57,9 @@ def _methods(gpu: bool) -> dict[str, Callable[[Inputs], Any] | None]:
         from ssnbench.kernels import shared_cross_attention
 
         methods["fused"] = lambda x: shared_cross_attention(*x)
-        methods["fused_fixed"] = lambda x: shared_cross_attention(*x)  # env toggled around it
+        # the same op with env toggled around it (see METHOD_ENV)
+        methods["fused_fixed"] = lambda x: shared_cross_attention(*x)
+        methods["fused_op"] = lambda x: shared_cross_attention(*x)
     methods["sdpa_2calls"] = lambda x: (
         F.scaled_dot_product_attention(x[0], x[4], x[5]),
         F.scaled_dot_product_attention(x[3], x[1], x[2]),
@@ -144,10 +151,9 @@ def _bench_shape(
         else:
             leaves = x
             call = lambda fn=fn: fn(x)
-        fixed = name == "fused_fixed"
-        old = os.environ.get("SSNBENCH_XATTN_AUTOTUNE")
-        if fixed:
-            os.environ["SSNBENCH_XATTN_AUTOTUNE"] = "0"
+        env = METHOD_ENV.get(name, {})
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         try:
             outs = call()
             grads = [torch.randn_like(o) for o in outs]
@@ -172,11 +178,11 @@ def _bench_shape(
         except Exception as err:  # a baseline failing must not hide the others
             row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
         finally:
-            if fixed:
-                if old is None:
-                    os.environ.pop("SSNBENCH_XATTN_AUTOTUNE", None)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
                 else:
-                    os.environ["SSNBENCH_XATTN_AUTOTUNE"] = old
+                    os.environ[k] = v
             for t in leaves:
                 t.grad = None
             if gpu:
@@ -267,6 +273,10 @@ def run(quick: bool = False, device: str | None = None) -> dict[str, Any]:
         from ssnbench.kernels import shared_xattn
 
         result["autotune"] = list(shared_xattn.TUNING_LOG)
+        result["best_configs"] = [
+            {"kernel": name, "key": [str(k) for k in key], "config": cfg}
+            for (name, key), cfg in shared_xattn._BEST.items()
+        ]
     return result
 
 

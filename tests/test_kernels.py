@@ -78,6 +78,8 @@ SHAPES = [
     (1, 1, 70, 49, 16, None, None, "general"),
     (2, 1, 17, 40, 24, 9, 13, "general"),
     (1, 1, 1, 3, 16, None, None, "small"),
+    (1, 2, 37, 21, 16, None, None, "atomic"),
+    (2, 1, 17, 40, 24, 9, 13, "atomic"),
 ]
 
 

@@ -73,9 +73,18 @@ def test_against_float64(case, dtype):
         assert err <= allowed, f"{name}: max error {err:.3e} > allowed {allowed:.3e}"
 
 
-def test_one_forward_launch_and_paths():
+@pytest.mark.parametrize("path", ["general", "atomic"])
+@pytest.mark.parametrize("case", [(8, 8, 197, 196, 64), (4, 8, 784, 196, 32)], ids=["197x196", "784x196"])
+def test_backward_paths_bf16(case, path, monkeypatch):
+    """Both large-token backward paths (autotune picks between them) against float64."""
+    monkeypatch.setenv("SSNBENCH_XATTN_BWD_PATH", path)
+    test_against_float64(case, torch.bfloat16)
+
+
+def test_one_forward_launch_and_paths(monkeypatch):
     from ssnbench.kernels import shared_xattn
 
+    monkeypatch.setenv("SSNBENCH_XATTN_BWD_PATH", "general")
     for L, kinds in [(49, {"fwd": 1, "bwd_small": 1}), (196, {"fwd": 1, "bwd_preprocess": 1, "bwd": 1})]:
         xs = [t.requires_grad_() for t in _inputs(4, 8, L, L, 32, torch.bfloat16)]
         before = dict(shared_xattn.LAUNCHES)
@@ -83,6 +92,7 @@ def test_one_forward_launch_and_paths():
         (o_c.float().sum() + o_d.float().sum()).backward()  # expanded (stride-0) incoming gradients
         after = shared_xattn.LAUNCHES
         assert {k: after[k] - before.get(k, 0) for k in kinds} == kinds
+        assert all(torch.isfinite(t.grad).all() for t in xs)
 
 
 def test_torch_compile_fullgraph():
