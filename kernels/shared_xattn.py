@@ -9,9 +9,14 @@ Grid axis 2 picks the direction, axis 1 the (batch, head), axis 0 the query (or 
 - `_bwd_small_kernel`: the whole backward of one (b, h, direction) in ONE program when all queries
   and all keys fit one tile (<= 64 tokens, the last SSN stage): delta = rowsum(dO*O), P from the
   LSE, dV, dS, dQ and dK without atomics or a preprocess launch.
-- `_bwd_preprocess_kernel` + `_bwd_kernel`: the general FlashAttention-2 backward. Each program of
-  `_bwd_kernel` computes dK/dV of one key block (looping over the queries) and then dQ of one query
-  block (looping over the keys): no atomics, no L_q x L_k matrix in memory; two launches in all.
+- `_bwd_preprocess_kernel` + `_bwd_kernel` ("general"): the FlashAttention-2 backward without
+  atomics. Each program of `_bwd_kernel` computes dK/dV of one key block (looping over the queries)
+  and then dQ of one query block (looping over the keys); two launches in all.
+- `_bwd_preprocess_kernel` + `_bwd_atomic_kernel` (+ `_cast_pair_kernel` for fp16/bf16) ("atomic"):
+  P is computed once per tile for dV, dK and a dQ partial added atomically into an fp32 accumulator
+  (zeroed by the preprocess). Fewer exps/matmuls, atomics traffic instead; dQ sums in a
+  nondeterministic order. With autotuning the faster of the two is timed once per shape and kept.
+No path holds an L_q x L_k matrix in memory; each launch covers both directions.
 
 Inputs may be strided (the block passes views of one QKV GEMM output); the only layout requirement
 is a unit stride on the head dim and no unit stride elsewhere (the launchers copy otherwise: a unit
@@ -641,6 +646,8 @@ def _fixed_fwd(lq: int, lk: int, d: int) -> dict[str, Any]:
 def _fixed_atomic(lq: int, lk: int, d: int) -> dict[str, Any]:
     if INTERPRET:
         return {"BLOCK_M": 16, "BLOCK_N": 16}
+    if d > 64:  # spill-free at D=128 (ptxas, sm_90)
+        return {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}
     return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 
 

@@ -15,7 +15,8 @@
 #                                                                 $OUT/pytest_benchmarks.log
 #   5. short summary table, printed last                       -> $OUT/summary.txt
 # At most 8 files come back from $OUT: keep it to the ones above.
-# Knobs (env): OUT, PY, QUICK=1 (bench --quick), T_TESTS / T_BENCH / T_MODELS / T_PYBENCH (seconds),
+# Knobs (env): OUT, PY, QUICK=1 (bench --quick), TOTAL (script budget, default 560 s; each step is
+#              cut to what is left), T_TESTS / T_BENCH / T_MODELS / T_PYBENCH (per-step seconds),
 #              SKIP_TESTS=1, SKIP_BENCH=1, SKIP_MODELS=1, MODELS_SUITE, MODELS_BATCH_SIZES, MODELS_ON_CPU=1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,16 +26,24 @@ mkdir -p "$OUT"
 if [[ -z "${PY:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python; fi
 fi
-T_TESTS="${T_TESTS:-200}"
-T_BENCH="${T_BENCH:-300}"
-T_MODELS="${T_MODELS:-150}"
-T_PYBENCH="${T_PYBENCH:-120}"
+TOTAL="${TOTAL:-560}"        # whole-script budget in seconds (the device call allows 600)
+T_TESTS="${T_TESTS:-170}"
+T_BENCH="${T_BENCH:-260}"
+T_MODELS="${T_MODELS:-120}"
+T_PYBENCH="${T_PYBENCH:-90}"
 START=$SECONDS
 declare -A STATUS
 
 step() {  # step NAME LIMIT LOGFILE CMD...: run with a time limit, log everything, remember the rc
     local name=$1 limit=$2 log=$3
     shift 3
+    local remain=$((TOTAL - (SECONDS - START) - 15))  # keep 15 s for the summary
+    if ((remain < 20)); then
+        echo "=== $name: skipped, script budget TOTAL=${TOTAL}s spent" | tee "$log"
+        STATUS[$name]=skipped
+        return
+    fi
+    ((limit > remain)) && limit=$remain
     echo "=== [$((SECONDS - START))s] $name (limit ${limit}s) -> $log"
     timeout --signal=INT --kill-after=15 "$limit" "$@" >"$log" 2>&1
     local rc=$?
