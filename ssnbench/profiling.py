@@ -113,34 +113,12 @@ class _TupleOutput(nn.Module):
         return tuple(_flatten(self.model(*inputs)))
 
 
-def _shape(value: Any) -> list[int]:
-    return list(value.type().sizes())
-
-
-def _fallback_handles() -> dict[str, Callable[..., Any]]:
-    """Used only while `ssnbench.kernels.flops` is missing; same formula as the contract."""
-
-    def sdpa(inputs: list[Any], outputs: list[Any]) -> int:
-        q, k, v = (_shape(x) for x in inputs[:3])
-        *batch, lq, d = q
-        lk, dv = k[-2], v[-1]
-        return math.prod(batch) * lq * lk * (d + dv)
-
-    def shared(inputs: list[Any], outputs: list[Any]) -> int:
-        q_c, k_c, _, q_d, k_d, _ = (_shape(x) for x in inputs[:6])
-        *batch, l_c, d = q_c
-        l_d = q_d[-2]
-        return 2 * math.prod(batch) * l_c * l_d * d * 2  # two directions, QKᵀ and PV each
-
-    return {"aten::scaled_dot_product_attention": sdpa, "ssnbench::shared_cross_attention": shared}
-
-
 def attention_handles() -> tuple[dict[str, Callable[..., Any]], str | None]:
     """fvcore handles for our op and SDPA, and a note when the kernel package's are unavailable."""
     try:
         from ssnbench.kernels.flops import fvcore_handles
-    except ImportError as err:
-        return _fallback_handles(), f"ssnbench.kernels.flops unavailable ({err}); local handles used"
+    except ImportError as err:  # one source of truth for the formula: never a local copy
+        return {}, f"ssnbench.kernels.flops unavailable ({err}): attention ops not counted"
     return dict(fvcore_handles()), None
 
 
