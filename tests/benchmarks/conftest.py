@@ -48,7 +48,9 @@ class _PerCaseThreshold:
         return PercentageRegressionCheck(self.inner.field, limit).fails(current, compared)
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """After collection (not at session start), so it also applies when this conftest is only
+    found while collecting, e.g. `pytest tests --benchmark-compare-fail=...`."""
     bs = getattr(session.config, "_benchmarksession", None)
     if bs is not None and bs.compare_fail:
         bs.compare_fail = [c if isinstance(c, _PerCaseThreshold) else _PerCaseThreshold(c)
