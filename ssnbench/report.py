@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ssnbench.errors import UserError
+from ssnbench.runner import unpack_classes
 
 LABELS = ("DIAG", "PN", "BWV", "VS", "PIG", "STR", "DaG", "RS")
 DIAG_KEYS = ("diag_balanced_acc", "diag_auc_macro", "mel_sensitivity", "mel_specificity")
@@ -74,13 +75,15 @@ def _ok(runs: Iterable[dict]) -> list[dict]:
 def case_scores(record: dict) -> tuple[list[str], np.ndarray]:
     """Per test case: mean correctness over the 8 labels (its mean over cases is acc_avg)."""
     p = record["predictions"]
-    correct = np.asarray(p["pred"]) == np.asarray(p["labels"])
+    correct = unpack_classes(p["pred"]) == unpack_classes(p["labels"])
     return list(p["case_ids"]), correct.mean(axis=1)
 
 
 def case_correct(record: dict, label_index: int) -> np.ndarray:
     p = record["predictions"]
-    return (np.asarray(p["pred"])[:, label_index] == np.asarray(p["labels"])[:, label_index]).astype(float)
+    return (unpack_classes(p["pred"])[:, label_index] == unpack_classes(p["labels"])[:, label_index]).astype(
+        float
+    )
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

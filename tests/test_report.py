@@ -11,7 +11,7 @@ import pytest
 
 from ssnbench import cli
 from ssnbench.report import load_results, summarize, write_report
-from ssnbench.runner import SCHEMA, write_json_atomic
+from ssnbench.runner import SCHEMA, pack_classes, pack_probs, unpack_classes, unpack_probs, write_json_atomic
 
 NUM_CLASSES = (5, 3, 2, 3, 3, 3, 3, 2)
 
@@ -91,9 +91,9 @@ def _record(name: str, arch: str, seed: int, index: int, skill: float, n: int = 
         "history": [{"epoch": e, "train_loss": 2.0 / e, "valid_acc_avg": 0.5 + 0.05 * e} for e in (1, 2, 3)],
         "predictions": {
             "case_ids": [f"c{i}" for i in range(n)],
-            "labels": labels.tolist(),
-            "pred": pred.tolist(),
-            "diag_probs": diag.tolist(),
+            "labels": pack_classes(labels),
+            "pred": pack_classes(pred),
+            "diag_probs": pack_probs(diag),
         },
         "timings": {"train_seconds": 12.0},
         "profile": {
@@ -189,3 +189,12 @@ def test_real_dataset_has_no_synthetic_banner(results_dir: Path, tmp_path: Path)
         r["dataset"]["kind"] = "REAL"
     text = write_report(records, tmp_path / "real").read_text()
     assert "SYNTHETIC" not in text and "**REAL**" in text
+
+
+def test_prediction_packing_round_trips() -> None:
+    classes = np.array([[2, 0, 1, 0, 2, 1, 0, 1], [4, 2, 0, 2, 0, 0, 2, 0]])
+    assert pack_classes(classes) == ["20102101", "42020020"]
+    assert (unpack_classes(pack_classes(classes)) == classes).all()
+    assert (unpack_classes(classes.tolist()) == classes).all()  # plain lists still read
+    probs = np.array([[0.1, 0.2, 0.3, 0.25, 0.15]])
+    assert np.allclose(unpack_probs(pack_probs(probs)), probs)
