@@ -55,14 +55,28 @@ _NO_SPEC = ["Lc", "Lkc", "Ld", "Lkd"]
 
 
 @triton.jit
-def _fwd_step(
-    acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, Lk, s_kl, s_vl, qk_scale, offs_n, offs_d,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+def _exp2_fma(x):
+    """2^x for x <= 0 on the FMA/integer pipes instead of the MUFU (whose 16 exps/clk/SM bound the
+    forward at head dim 32): Cody-Waite split x = j + f, f in [-1/2, 1/2], a degree-3 minimax
+    polynomial for 2^f (max relative error 7.5e-5, far below fp16/bf16 rounding), and j added to
+    the exponent bits. x is clamped at -125 (2^-125 ~ 2e-38 stands in for 0)."""
+    x = tl.maximum(x, -125.0)
+    t = x + 12582912.0  # 1.5 * 2^23: the low mantissa bits of t now hold round(x)
+    f = x - (t - 12582912.0)
+    p = 0.05517083778977394 * f + 0.24260935187339783
+    p = p * f + 0.6932609677314758
+    p = p * f + 0.9999281764030457
+    bits = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _load_kv(
+    k_ptrs, v_ptrs, start_n, Lk, s_kl, s_vl, offs_n, offs_d,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_N: tl.constexpr,
 ):
-    """One key block of the online softmax (log2 domain)."""
-    n_idx = start_n + offs_n
     if MASK_N:
-        kv_mask = n_idx[:, None] < Lk
+        kv_mask = (start_n + offs_n)[:, None] < Lk
         if BLOCK_D != HEAD_DIM:
             kv_mask = kv_mask & (offs_d[None, :] < HEAD_DIM)
         k = tl.load(k_ptrs + start_n * s_kl, mask=kv_mask, other=0.0)
@@ -73,16 +87,49 @@ def _fwd_step(
     else:
         k = tl.load(k_ptrs + start_n * s_kl)
         v = tl.load(v_ptrs + start_n * s_vl)
+    return k, v
+
+
+@triton.jit
+def _scores(q, k, start_n, Lk, offs_n, MASK_N: tl.constexpr, DOT_PREC: tl.constexpr):
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
     if MASK_N:
-        qk = tl.where(n_idx[None, :] < Lk, qk, float("-inf"))
-    # scale > 0, so max(qk) * scale == max(qk * scale); the scale folds into one FMA per score
-    m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
-    alpha = tl.math.exp2(m_i - m_ij)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        qk = tl.where((start_n + offs_n)[None, :] < Lk, qk, float("-inf"))
+    return qk
+
+
+@triton.jit
+def _fwd_step(
+    acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, Lk, s_kl, s_vl, qk_scale, offs_n, offs_d,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+    POLY_EXP: tl.constexpr, STEP_N: tl.constexpr,
+):
+    """One key block of the online softmax (log2 domain). With POLY_EXP the block is two halves of
+    STEP_N keys: the first exponentiated on the MUFU, the second by `_exp2_fma`, sharing one
+    max/rescale update (two half-width dots each, no register shuffles)."""
+    k, v = _load_kv(k_ptrs, v_ptrs, start_n, Lk, s_kl, s_vl, offs_n, offs_d, HEAD_DIM, BLOCK_D, MASK_N)
+    qk = _scores(q, k, start_n, Lk, offs_n, MASK_N, DOT_PREC)
+    if POLY_EXP:
+        k2, v2 = _load_kv(
+            k_ptrs, v_ptrs, start_n + STEP_N, Lk, s_kl, s_vl, offs_n, offs_d, HEAD_DIM, BLOCK_D, MASK_N
+        )
+        qk2 = _scores(q, k2, start_n + STEP_N, Lk, offs_n, MASK_N, DOT_PREC)
+        # scale > 0, so max(qk) * scale == max(qk * scale); the scale folds into one FMA per score
+        m_ij = tl.maximum(m_i, tl.maximum(tl.max(qk, 1), tl.max(qk2, 1)) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+        p2 = _exp2_fma(qk2 * qk_scale - m_ij[:, None])
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + (tl.sum(p, 1) + tl.sum(p2, 1))
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        acc = tl.dot(p2.to(v2.dtype), v2, acc, input_precision=DOT_PREC)
+    else:
+        m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
     return acc, l_i, m_ij
 
 
@@ -93,7 +140,7 @@ def _fwd_kernel(
     sqd_b, sqd_h, sqd_l, skd_b, skd_h, skd_l, svd_b, svd_h, svd_l,
     H, Lc, Lkc, Ld, Lkd, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    DOT_PREC: tl.constexpr, POLY_EXP: tl.constexpr = False,
 ):
     start_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -124,8 +171,9 @@ def _fwd_kernel(
         Lk = Lkc
     if start_m * BLOCK_M >= Lq:
         return
+    STEP_N: tl.constexpr = BLOCK_N // 2 if POLY_EXP else BLOCK_N
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_n = tl.arange(0, STEP_N)
     offs_d = tl.arange(0, BLOCK_D)
     q_mask = offs_m[:, None] < Lq
     if BLOCK_D != HEAD_DIM:
@@ -141,12 +189,12 @@ def _fwd_kernel(
     for start_n in range(0, n_full, BLOCK_N):
         acc, l_i, m_i = _fwd_step(
             acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, Lk, s_kl, s_vl, qk_scale, offs_n, offs_d,
-            HEAD_DIM, BLOCK_D, False, DOT_PREC,
+            HEAD_DIM, BLOCK_D, False, DOT_PREC, POLY_EXP, STEP_N,
         )
     if n_full < Lk:
         acc, l_i, m_i = _fwd_step(
             acc, l_i, m_i, q, k_ptrs, v_ptrs, n_full, Lk, s_kl, s_vl, qk_scale, offs_n, offs_d,
-            HEAD_DIM, BLOCK_D, True, DOT_PREC,
+            HEAD_DIM, BLOCK_D, True, DOT_PREC, POLY_EXP, STEP_N,
         )
     acc = acc / l_i[:, None]
     lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
@@ -519,10 +567,13 @@ def _autotune_enabled() -> bool:
 
 
 _FWD_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in [
-        (32, 32, 2, 2), (32, 64, 2, 2), (64, 64, 2, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 3),
-        (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3),
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "POLY_EXP": poly}, num_warps=w, num_stages=s)
+    for bm, bn, w, s, poly in [
+        (32, 32, 2, 2, False), (32, 64, 2, 2, False), (64, 64, 2, 2, False), (64, 64, 4, 2, False),
+        (64, 64, 4, 3, False), (64, 128, 4, 3, False), (128, 64, 4, 3, False), (128, 64, 8, 3, False),
+        (128, 128, 8, 3, False),
+        # half of the exps on the FMA pipes (fp16/bf16, many keys): see _exp2_fma
+        (64, 128, 4, 3, True), (128, 128, 8, 3, True), (128, 64, 8, 3, True),
     ]
 ]
 _BWD_CONFIGS = [
@@ -544,6 +595,8 @@ def _prune_fwd(configs: list, named_args: dict, **kwargs: Any) -> list:
     lk = max(named_args["Lkc"], named_args["Lkd"])
     bm_max, bn_max = _np2(lq, 32), _np2(lk, 32)
     keep = [c for c in configs if c.kwargs["BLOCK_M"] <= bm_max and c.kwargs["BLOCK_N"] <= bn_max]
+    if named_args["Qc"].dtype == torch.float32 or lk < 256:  # fp32 keeps exact exps; few keys: no gain
+        keep = [c for c in keep if not c.kwargs["POLY_EXP"]]
     if kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM", 64)) > 64:  # big tiles spill at D=128
         keep = [c for c in keep if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 64] or keep
     return keep or configs[:1]
@@ -633,9 +686,13 @@ def _launch(name: str, kernel: Any, grid: Any, args: tuple, meta: dict[str, Any]
     kernel[grid(best)](*args, **meta, **best)
 
 
-def _fixed_fwd(lq: int, lk: int, d: int) -> dict[str, Any]:
+def _fixed_fwd(lq: int, lk: int, d: int, dtype: torch.dtype) -> dict[str, Any]:
+    """Fixed forward config; SSNBENCH_XATTN_POLY_EXP=1 turns on `_exp2_fma` for fp16/bf16 (tests)."""
+    poly = os.environ.get("SSNBENCH_XATTN_POLY_EXP", "0") == "1" and dtype != torch.float32
     if INTERPRET:  # small blocks so tiny test shapes still cover several blocks and the masks
-        return {"BLOCK_M": 16, "BLOCK_N": 16}
+        return {"BLOCK_M": 16, "BLOCK_N": 32 if poly else 16, "POLY_EXP": poly}
+    if poly:
+        return {"BLOCK_M": 128, "BLOCK_N": 128, "POLY_EXP": True, "num_warps": 8, "num_stages": 3}
     if lq <= 64 and lk <= 64:
         return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
     if d > 64:
@@ -723,7 +780,7 @@ def forward(
     LAUNCHES["fwd"] += 1
     key = (Lc, Lkc, Ld, Lkd, D, q_c.dtype)
     grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]), B * H, 2)
-    _launch("fwd", _fwd_kernel, grid, args, meta, key, _fixed_fwd(lq, max(Lkc, Lkd), D))
+    _launch("fwd", _fwd_kernel, grid, args, meta, key, _fixed_fwd(lq, max(Lkc, Lkd), D, q_c.dtype))
     return o_c, o_d, lse_c, lse_d
 
 

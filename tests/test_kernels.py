@@ -104,6 +104,21 @@ def test_forward_backward_vs_float64(shape, dtype, poison):
         _close(got, want, dtype, name)
 
 
+@pytest.mark.parametrize("shape", [(1, 2, 37, 21, 16), (1, 1, 70, 96, 32)], ids=["37x21", "70x96"])
+def test_forward_poly_exp_fp16(shape, poison, monkeypatch):
+    """Half the exps by the FMA-pipe polynomial (`_exp2_fma`): fp16 still meets its tolerance."""
+    monkeypatch.setenv("SSNBENCH_XATTN_POLY_EXP", "1")
+    B, H, Lc, Ld, D = shape
+    xs = _inputs(B, H, Lc, Ld, D, torch.float16, seed=5)
+    ref = _ref64(xs, D**-0.5)
+    undo = poison()
+    out = _sx().forward(*xs, D**-0.5)
+    undo()
+    for name, got, want in zip(["o_c", "o_d", "lse_c", "lse_d"], out, ref, strict=True):
+        assert torch.isfinite(got).all(), name
+        _close(got, want, torch.float16, name)
+
+
 def test_public_op_autograd_noncontiguous_and_expanded_grads():
     """Strided q/k/v views (as the block passes them), a custom scale and an expanded dO (from .sum())."""
     B, H, Lc, Ld, D = 1, 2, 19, 26, 16

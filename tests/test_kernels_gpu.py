@@ -81,6 +81,13 @@ def test_backward_paths_bf16(case, path, monkeypatch):
     test_against_float64(case, torch.bfloat16)
 
 
+@pytest.mark.parametrize("case", [(2, 8, 3136, 3136, 32), (4, 8, 784, 197, 64)], ids=["3136", "784x197"])
+def test_forward_poly_exp_bf16(case, monkeypatch):
+    """The FMA-pipe exp2 variant (an autotune candidate for fp16/bf16) against float64."""
+    monkeypatch.setenv("SSNBENCH_XATTN_POLY_EXP", "1")
+    test_against_float64(case, torch.bfloat16)
+
+
 def test_one_forward_launch_and_paths(monkeypatch):
     from ssnbench.kernels import shared_xattn
 
