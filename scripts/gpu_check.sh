@@ -71,7 +71,7 @@ EOF
 GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 
 # ---- 1. install ----------------------------------------------------------------------------------
-if ! "$PY" -c "import fvcore" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+if ! "$PY" -c "import fvcore, xdist" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >>"$OUT/env.txt" 2>&1
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
@@ -82,8 +82,10 @@ fi
 
 # ---- 2. GPU kernel tests (fixed configs: no autotune compile storm) -----------------------------
 if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
+    XDIST=()  # parallel workers: Triton compiles are CPU-bound and the box has 16 cores
+    if [[ "$GPU" == 1 ]] && "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n "${TEST_WORKERS:-4}"); fi
     SSNBENCH_XATTN_AUTOTUNE=0 step kernel_tests "$T_TESTS" "$OUT/kernel_tests.log" \
-        "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs --durations=8 tests/test_kernels_gpu.py
+        "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" -m gpu -rs --durations=8 tests/test_kernels_gpu.py
 fi
 
 # ---- 3. kernel benchmark --------------------------------------------------------------------------
