@@ -462,6 +462,38 @@ def _bwd_kernel(
         tl.store(dq_base + out_q, (dq * sm_scale).to(dq_base.dtype.element_ty), mask=m_mask)
 
 
+@triton.jit
+def _atomic_loop(
+    k, v, q_base, do_base, lse_base, del_base, dqa_base, s_ql, s_gl, Lq, row0, n_valid, d_ok, offs_d,
+    qk_scale, sm_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, MASK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """Loop over all query blocks for one key block: dK, dV accumulated, dQ partials atomically added."""
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    for start_m in range(0, Lq, BLOCK_M):
+        offs_m = start_m + offs_m0
+        m_mask = (offs_m[:, None] < Lq) & d_ok
+        q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :], mask=m_mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * s_gl + offs_d[None, :], mask=m_mask, other=0.0)
+        # queries past Lq: lse = +inf -> p = 0
+        lse = tl.load(lse_base + row0 + offs_m, mask=offs_m < Lq, other=float("inf"))
+        delta = tl.load(del_base + row0 + offs_m, mask=offs_m < Lq, other=0.0)
+        qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
+        pT = tl.math.exp2(qkT - lse[None, :] * 1.4426950408889634)
+        if MASK_N:  # padded keys (k = 0) must not reach dQ, even as inf * 0
+            pT = tl.where(n_valid[:, None], pT, 0.0)
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        dsT = (pT * (dpT - delta[None, :])).to(q.dtype)
+        dk = tl.dot(dsT, q, dk, input_precision=DOT_PREC)
+        dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PREC) * sm_scale
+        tl.atomic_add(dqa_base + (row0 + offs_m)[:, None] * HEAD_DIM + offs_d[None, :], dq, mask=m_mask,
+                      sem="relaxed")
+    return dk, dv
+
+
 @triton.jit(do_not_specialize=_NO_SPEC)
 def _bwd_atomic_kernel(
     Qc, Kc, Vc, Qd, Kd, Vd, dOc, dOd, LSEc, LSEd, DELc, DELd,
@@ -510,26 +542,16 @@ def _bwd_atomic_kernel(
     n_mask = n_valid[:, None] & d_ok
     k = tl.load(k_base + offs_n[:, None] * s_kl + offs_d[None, :], mask=n_mask, other=0.0)
     v = tl.load(v_base + offs_n[:, None] * s_vl + offs_d[None, :], mask=n_mask, other=0.0)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    offs_m0 = tl.arange(0, BLOCK_M)
-    for start_m in range(0, Lq, BLOCK_M):
-        offs_m = start_m + offs_m0
-        m_mask = (offs_m[:, None] < Lq) & d_ok
-        q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :], mask=m_mask, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * s_gl + offs_d[None, :], mask=m_mask, other=0.0)
-        lse = tl.load(lse_base + row0 + offs_m, mask=offs_m < Lq, other=float("inf"))
-        delta = tl.load(del_base + row0 + offs_m, mask=offs_m < Lq, other=0.0)
-        qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
-        pT = tl.math.exp2(qkT - lse[None, :] * 1.4426950408889634)
-        pT = tl.where(n_valid[:, None], pT, 0.0)  # keys past Lk must not leak into dQ
-        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
-        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-        dsT = (pT * (dpT - delta[None, :])).to(q.dtype)
-        dk = tl.dot(dsT, q, dk, input_precision=DOT_PREC)
-        dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PREC) * sm_scale
-        tl.atomic_add(dqa_base + (row0 + offs_m)[:, None] * HEAD_DIM + offs_d[None, :], dq, mask=m_mask,
-                      sem="relaxed")
+    if start_n + BLOCK_N <= Lk:  # a full key block: no score masking in the hot loop
+        dk, dv = _atomic_loop(
+            k, v, q_base, do_base, lse_base, del_base, dqa_base, s_ql, s_gl, Lq, row0, n_valid, d_ok, offs_d,
+            qk_scale, sm_scale, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, DOT_PREC,
+        )
+    else:
+        dk, dv = _atomic_loop(
+            k, v, q_base, do_base, lse_base, del_base, dqa_base, s_ql, s_gl, Lq, row0, n_valid, d_ok, offs_d,
+            qk_scale, sm_scale, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC,
+        )
     row_k = bh.to(tl.int64) * Lk + offs_n
     out_k = row_k[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(dk_base + out_k, (dk * sm_scale).to(dk_base.dtype.element_ty), mask=n_mask)
