@@ -687,12 +687,17 @@ def _record_tuning(name: str, tuned: Any, key: tuple) -> None:
 
 
 _BEST: dict[tuple, dict[str, Any]] = {}  # (kernel, key) -> tuned launch kwargs
+_WARMUP_ONLY: dict[str, list[dict[str, Any]]] | None = None  # set by precompile workers
 
 
 def _launch(name: str, kernel: Any, grid: Any, args: tuple, meta: dict[str, Any], key: tuple,
             fixed: dict[str, Any]) -> None:
     """Launch `kernel` with the autotuned config for `key` (tuned once, then called directly: the
     Autotuner's per-call Python work is skipped) or with the fixed config when not autotuning."""
+    if _WARMUP_ONLY is not None:  # precompile(): compile the requested configs, launch nothing
+        for cfg in _WARMUP_ONLY.get(name, ()):
+            kernel.warmup(*args, grid=grid(cfg), **meta, **cfg)
+        return
     if not _autotune_enabled():
         kernel[grid(fixed)](*args, **meta, **fixed)
         return
@@ -898,7 +903,11 @@ def backward(
                 dqa_c, dqa_d, dq_c, dq_d, dq_c.numel(), dq_d.numel(), BLOCK=1024
             )
 
-    run(path or _choose_path(key, run, lq, lk, D))
+    if _WARMUP_ONLY is not None:
+        run("general")
+        run("atomic")
+    else:
+        run(path or _choose_path(key, run, lq, lk, D))
     return tuple(grads)  # type: ignore[return-value]
 
 
@@ -925,9 +934,97 @@ def _choose_path(key: tuple, run: Any, lq: int, lk: int, d: int) -> str:
     return best["path"]
 
 
+def _config_kwargs(cfg: Any) -> dict[str, Any]:
+    return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+def _candidates() -> dict[str, list[Any]]:
+    return {
+        "fwd": _FWD_CONFIGS, "bwd": _BWD_CONFIGS, "bwd_atomic": _ATOMIC_CONFIGS, "bwd_small": _SMALL_CONFIGS,
+    }
+
+
+def _precompile_jobs(dims: tuple[int, ...]) -> list[tuple[int, str, int]]:
+    return [(d, name, i) for d in dims for name, cfgs in _candidates().items() for i in range(len(cfgs))]
+
+
+def _precompile_worker(jobs: list[tuple[int, str, int]], dtype_name: str, heads: int,
+                       errors: list[str] | None = None) -> int:
+    """Compile (never run) the given autotune candidates; Triton's disk cache keeps the binaries."""
+    global _WARMUP_ONLY
+    dtype = getattr(torch, dtype_name)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    configs = _candidates()
+    done = 0
+    for d, name, i in jobs:
+        _WARMUP_ONLY = {name: [_config_kwargs(configs[name][i])]}
+        tokens = 49 if name == "bwd_small" else 256  # token counts are not specialised, only <= 64 or not
+        x = [torch.randn(2, heads, tokens, d, device=device, dtype=dtype) for _ in range(6)]
+        scale = d**-0.5
+        try:
+            if name == "fwd":
+                forward(*x, scale)
+            else:
+                o = [torch.randn_like(x[0]), torch.randn_like(x[3])]
+                lse = [torch.zeros(2, heads, tokens, device=device) for _ in range(2)]
+                backward(*o, *x, *o, *lse, scale, path="small" if name == "bwd_small" else None)
+            done += 1
+        except Exception as err:  # a config that does not compile (out of resources) is the autotuner's call
+            if errors is not None and len(errors) < 3:
+                errors.append(f"{name}[{i}] D={d}: {type(err).__name__}: {str(err).splitlines()[0][:160]}")
+    _WARMUP_ONLY = None
+    return done
+
+
+def precompile(dims: tuple[int, ...] = (32, 64), dtype: torch.dtype = torch.bfloat16, heads: int = 8,
+               workers: int = 8, timeout: float = 240.0) -> dict[str, Any]:
+    """Compile every autotune candidate for these head dims in `workers` processes, so the autotuner
+    finds them in Triton's disk cache (compiling is CPU-bound; the lent GPU box has 16 cores).
+    Token counts are not specialised, so one pass serves every sequence length. Best effort: the
+    workers are plain subprocesses (no multiprocessing re-import of a CLI __main__)."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    jobs = _precompile_jobs(dims)
+    chunks = [c for c in (jobs[i::workers] for i in range(workers)) if c]
+    code = "import sys; from ssnbench.kernels import shared_xattn as s; s._precompile_main(sys.argv[1])"
+    name = str(dtype).split(".")[-1]
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, json.dumps([c, name, heads])],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in chunks
+    ]
+    done, errors = 0, []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=max(1.0, timeout - (time.perf_counter() - t0)))
+            if proc.returncode == 0 and out.strip():
+                report = json.loads(out.strip().splitlines()[-1])
+                done += report["done"]
+                errors += report["errors"][:1]
+            else:
+                errors.append(err.strip().splitlines()[-1][:200] if err.strip() else f"rc={proc.returncode}")
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            errors.append("timeout")
+    return {"jobs": len(jobs), "compiled": done, "seconds": time.perf_counter() - t0, "errors": errors}
+
+
+def _precompile_main(arg: str) -> None:
+    import json
+
+    jobs, dtype_name, heads = json.loads(arg)
+    errors: list[str] = []
+    done = _precompile_worker([tuple(j) for j in jobs], dtype_name, heads, errors)
+    print(json.dumps({"done": done, "errors": errors}), flush=True)
+
+
 def flops_forward(B: int, H: int, Lc: int, Ld: int, Lkc: int, Lkd: int, D: int) -> float:
     """FLOPs (2 per multiply-add) of the forward, both directions: 4·B·H·Lq·Lk·D each."""
     return 4.0 * B * H * D * (Lc * Lkd + Ld * Lkc)
 
 
-__all__ = ["INTERPRET", "LAUNCHES", "TUNING_LOG", "backward", "flops_forward", "forward"]
+__all__ = ["INTERPRET", "LAUNCHES", "TUNING_LOG", "backward", "flops_forward", "forward", "precompile"]

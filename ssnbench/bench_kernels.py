@@ -255,6 +255,13 @@ def run(quick: bool = False, device: str | None = None) -> dict[str, Any]:
     methods = _methods(gpu)
     timer = _timer(gpu, quick)
     peaks = _measure_peaks(gpu)
+    precompiled = None
+    if gpu and os.environ.get("SSNBENCH_PRECOMPILE", "1") != "0":
+        from ssnbench.kernels import shared_xattn
+
+        # every autotune candidate compiled in parallel processes first (Triton's disk cache)
+        precompiled = shared_xattn.precompile(tuple(dims), dtype, H, workers=min(8, os.cpu_count() or 1))
+        print(f"precompiled Triton candidates: {precompiled}", flush=True)
     rows: list[dict[str, Any]] = []
     for D in dims:
         for L in lengths:
@@ -265,6 +272,7 @@ def run(quick: bool = False, device: str | None = None) -> dict[str, Any]:
         "flop_convention": "FLOPs = 2 per multiply-add; forward 4*B*H*Lq*Lk*D per direction x 2 directions; "
         "forward+backward = 3.5x forward",
         "peaks": peaks,
+        "precompile": precompiled,
         "rows": rows,
         "speedups": _speedups(rows),
         "note": None if gpu else "CPU run at reduced size (B=2, fp32): Triton figures need a GPU.",

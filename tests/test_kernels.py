@@ -323,3 +323,34 @@ def test_torch_compile_fullgraph_block():
     got = torch.compile(block, fullgraph=True, backend="aot_eager")(f_c, f_d)
     for w, g in zip(want, got, strict=True):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_precompile_worker_warms_each_candidate_once(monkeypatch):
+    """The GPU benchmark precompiles every autotune candidate in worker processes; check the job
+    plumbing on CPU with recording stand-ins for the jit kernels (no launches, no compiles)."""
+    sx = _sx()
+    calls = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def warmup(self, *args, grid, **kwargs):
+            calls.append((self.name, kwargs.get("HEAD_DIM"), {k: kwargs[k] for k in kwargs if k.isupper()}))
+
+        def __getitem__(self, grid):
+            return lambda *a, **k: None  # preprocess / cast kernels: not part of the candidates
+
+    for attr in ("_fwd_kernel", "_bwd_kernel", "_bwd_atomic_kernel", "_bwd_small_kernel",
+                 "_bwd_preprocess_kernel", "_cast_pair_kernel"):
+        monkeypatch.setattr(sx, attr, Recorder(attr))
+    jobs = sx._precompile_jobs((32,))
+    assert sx._precompile_worker(jobs, "float16", 2) == len(jobs)
+    assert sx._WARMUP_ONLY is None
+    kernels = {"fwd": "_fwd_kernel", "bwd": "_bwd_kernel", "bwd_atomic": "_bwd_atomic_kernel",
+               "bwd_small": "_bwd_small_kernel"}
+    expected = sorted((kernels[name], 32) for _, name, _ in jobs)
+    assert sorted((c[0], c[1]) for c in calls) == expected
+    for (_, name, i), call in zip(jobs, calls, strict=True):
+        cfg = sx._candidates()[name][i]
+        assert all(call[2][k] == v for k, v in cfg.kwargs.items())
