@@ -18,6 +18,10 @@ Grid axis 2 picks the direction, axis 1 the (batch, head), axis 0 the query (or 
   nondeterministic order. With autotuning the faster of the two is timed once per shape and kept.
 No path holds an L_q x L_k matrix in memory; each launch covers both directions.
 
+Environment knobs (read per call): SSNBENCH_XATTN_AUTOTUNE=0 (fixed config table on CUDA),
+SSNBENCH_XATTN_BWD_PATH=general|atomic (force the > 64-token backward path), SSNBENCH_XATTN_POLY_EXP=1
+(the fixed forward config uses `_exp2_fma`, fp16/bf16; autotuning considers it anyway).
+
 Inputs may be strided (the block passes views of one QKV GEMM output); the only layout requirement
 is a unit stride on the head dim and no unit stride elsewhere (the launchers copy otherwise: a unit
 stride would be specialised to a constant and break the per-direction pointer select). Outputs are

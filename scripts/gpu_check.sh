@@ -133,6 +133,8 @@ fi
 import json, sys
 r = json.load(open(sys.argv[1]))
 env, peaks = r["environment"], r.get("peaks") or {}
+if r.get("precompile"):
+    print("precompile:", r["precompile"])
 print(f"device {env['device']} torch {env['torch']} triton {env['triton']}",
       f"| bf16 mm {peaks.get('bf16_matmul_tflops', 0):.0f} TFLOP/s copy {peaks.get('copy_tbps', 0):.2f} TB/s" if peaks else "")
 rows = {(x["L"], x["D"], x["method"]): x for x in r["rows"] if "error" not in x}

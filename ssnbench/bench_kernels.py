@@ -13,6 +13,8 @@ and reports TFLOP/s (FLOPs = 4·B·H·Lq·Lk·D per direction forward, x2 direct
 forward), % of the bf16 matmul peak measured in the same run, and the issue's speed floors.
 GPU timing: triton.testing.do_bench(..., return_mode="median"). On CPU it runs the PyTorch paths at
 a reduced size with torch.utils.benchmark and says the Triton figures need a GPU.
+Env: SSNBENCH_BENCH_COMPILE=0 skips the torch.compile baseline, SSNBENCH_PRECOMPILE=0 the parallel
+precompile of the Triton autotune candidates.
 """
 
 from __future__ import annotations
@@ -260,7 +262,8 @@ def run(quick: bool = False, device: str | None = None) -> dict[str, Any]:
         from ssnbench.kernels import shared_xattn
 
         # every autotune candidate compiled in parallel processes first (Triton's disk cache)
-        precompiled = shared_xattn.precompile(tuple(dims), dtype, H, workers=min(8, os.cpu_count() or 1))
+        workers = min(8, os.cpu_count() or 1)
+        precompiled = shared_xattn.precompile(tuple(dims), dtype, H, workers=workers, timeout=90)
         print(f"precompiled Triton candidates: {precompiled}", flush=True)
     rows: list[dict[str, Any]] = []
     for D in dims:
