@@ -736,13 +736,15 @@ def _fixed_atomic(lq: int, lk: int, d: int) -> dict[str, Any]:
         return {"BLOCK_M": 16, "BLOCK_N": 16}
     if d > 64:  # spill-free at D=128 (ptxas, sm_90)
         return {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}
+    if d > 32:  # spill-free at D=64
+        return {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3}
     return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 
 
 def _fixed_bwd(lq: int, lk: int, d: int) -> dict[str, Any]:
     if INTERPRET:
         return {"BLOCK_M1": 16, "BLOCK_N1": 16, "BLOCK_M2": 16, "BLOCK_N2": 16}
-    if d > 64:  # no register spills at D=128 (ptxas, sm_90)
+    if d > 64 or (d > 32 and max(lq, lk) > 256):  # no register spills at D=128 / D=64 (ptxas, sm_90)
         blocks = {"BLOCK_M1": 64, "BLOCK_N1": 64, "BLOCK_M2": 64, "BLOCK_N2": 64}
         return {**blocks, "num_warps": 8, "num_stages": 2}
     if max(lq, lk) <= 256:
