@@ -58,7 +58,7 @@ class RichProgress(Progress):
         )
         from rich.progress import Progress as Bars  # noqa: PLC0415
 
-        self.console = Console()
+        self.console = Console(log_path=False)
         self.bars = Bars(
             TextColumn("{task.description}"),
             BarColumn(),

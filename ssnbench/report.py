@@ -581,11 +581,17 @@ def _figures(summary: dict, records: list[dict], folder: Path) -> dict[str, str]
     pts = [(m, p) for m, p in pts if p]
     if pts:
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for m, p in pts:
+        for i, (m, p) in enumerate(pts):
             acc = m["metrics"]["acc_avg"]
-            ax.errorbar(p / 1e6, 100 * acc["mean"], yerr=100 * acc["std"], fmt="o", capsize=3)
+            std = 0.0 if math.isnan(acc["std"]) else acc["std"]
+            ax.errorbar(p / 1e6, 100 * acc["mean"], yerr=100 * std, fmt="o", capsize=3)
+            # alternate label offsets: models of equal size (the SSN variants) share one x
             ax.annotate(
-                m["name"], (p / 1e6, 100 * acc["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8
+                m["name"],
+                (p / 1e6, 100 * acc["mean"]),
+                textcoords="offset points",
+                xytext=(6, 4 if i % 2 == 0 else -11),
+                fontsize=8,
             )
         maj = ((summary.get("dataset") or {}).get("majority") or {}).get("metrics", {}).get("acc_avg")
         if maj is not None:

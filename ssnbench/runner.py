@@ -114,10 +114,11 @@ def result_path(out: Path, job: Job) -> Path:
 
 def job_hash(suite: Suite, job: Job) -> str:
     """What a result depends on: a changed suite entry invalidates only the affected results."""
+    speed_only = ("threads", "num_workers", "eval_batch_size")  # change speed, not results
     key = {
         "model": job.model.to_dict(),
         "seed": job.seed,
-        "train": asdict(suite.train),
+        "train": {k: v for k, v in asdict(suite.train).items() if k not in speed_only},
         "dataset": asdict(suite.dataset),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -478,8 +479,27 @@ def run_suite(
             progress.log(f"{job.id}: suite entry changed since its result was written; re-running")
             todo.append(job)
 
+    threads_before = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(suite.train.threads or max(1, min(8, os.cpu_count() or 1)))
+    try:
+        return _run(suite, jobs, todo, existing, out, report_dir, device, force, progress)
+    finally:
+        torch.set_num_threads(threads_before)  # the process (a test session) keeps its setting
+
+
+def _run(
+    suite: Suite,
+    jobs: list[Job],
+    todo: list[Job],
+    existing: dict[str, dict],
+    out: Path,
+    report_dir: Path | None,
+    device: torch.device,
+    force: bool,
+    progress: Progress,
+) -> int:
+    """The suite loop proper (jobs already split into done and to-do by `run_suite`)."""
     with progress:
         progress.suite_start(suite.name, len(jobs), len(todo))
         if todo:

@@ -19,6 +19,15 @@ TINY = DatasetSpec(kind="synthetic", cases=40, seed=0, source_size=32, image_siz
 WEIGHTS = {"clinic": 0.2, "derm": 0.5, "fused": 0.3}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """pytest -n 2 on 2 cores: one thread per worker, or spinning OpenMP threads oversubscribe them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     return open_data(TINY, cache=tmp_path_factory.mktemp("cache"))
