@@ -763,8 +763,11 @@ def _prep(t: Tensor) -> Tensor:
     """Unit stride on the head dim and nowhere else (see module docstring); copies only if needed."""
     if t.stride(-1) != 1 or 1 in t.stride()[:-1]:
         t = t.contiguous()
-        if 1 in t.stride()[:-1]:  # e.g. D == 1 with L == 1: give size-1 dims a harmless stride
-            t = t.as_strided(t.shape, [s if s != 1 else 0 for s in t.stride()[:-1]] + [1])
+        if 1 in t.stride()[:-1]:  # size-1 dims may carry any stride: give them a harmless 0
+            strides = [0 if n == 1 else st for n, st in zip(t.shape[:-1], t.stride()[:-1], strict=True)]
+            if 1 in strides:
+                raise ValueError("shared_cross_attention kernels need a head dim of at least 2")
+            t = t.as_strided(t.shape, [*strides, 1])
     return t
 
 
