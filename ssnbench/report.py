@@ -461,6 +461,15 @@ def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
         )
         + "\n\n"
     )
+    notes = sorted(
+        {
+            str((m.get("profile") or {}).get("gmacs_note"))
+            for m in ok_models
+            if (m.get("profile") or {}).get("gmacs") is None and (m.get("profile") or {}).get("gmacs_note")
+        }
+    )
+    for note in notes:
+        w(f"GMACs not counted: {note}.\n\n")
 
     w("## 3. Diagnosis (DIAG)\n\n")
     w(
