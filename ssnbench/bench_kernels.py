@@ -244,13 +244,15 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def run(quick: bool = False, device: str | None = None) -> dict[str, Any]:
-    """Run the benchmark and return the JSON-able result."""
+def run(quick: bool = False, device: str | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the benchmark and return the JSON-able result; `on_progress` gets the partial result
+    after every shape (the CLI rewrites --json then, so a run cut short still leaves its rows)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device == "cuda"
     if gpu:
         B, H, dtype = 32, 8, torch.bfloat16
-        lengths, dims = ((49, 196, 784), (32,)) if quick else ((3136, 784, 196, 49), (32, 64))
+        lengths, dims = ((49, 196, 784), (32,)) if quick else ((49, 196, 784, 3136), (32, 64))
     else:
         B, H, dtype = 2, 8, torch.float32
         lengths, dims = ((49,), (32,)) if quick else ((196, 49), (32, 64))
@@ -266,29 +268,37 @@ def run(quick: bool = False, device: str | None = None) -> dict[str, Any]:
         precompiled = shared_xattn.precompile(tuple(dims), dtype, H, workers=workers, timeout=90)
         print(f"precompiled Triton candidates: {precompiled}", flush=True)
     rows: list[dict[str, Any]] = []
+    env = environment()
+
+    def snapshot(complete: bool) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "environment": env,
+            "device_kind": device,
+            "complete": complete,
+            "flop_convention": "FLOPs = 2 per multiply-add; forward 4*B*H*Lq*Lk*D per direction x 2 "
+            "directions; forward+backward = 3.5x forward",
+            "peaks": peaks,
+            "precompile": precompiled,
+            "rows": list(rows),
+            "speedups": _speedups(rows),
+            "note": None if gpu else "CPU run at reduced size (B=2, fp32): Triton figures need a GPU.",
+        }
+        if gpu:
+            from ssnbench.kernels import shared_xattn
+
+            result["autotune"] = list(shared_xattn.TUNING_LOG)
+            result["best_configs"] = [
+                {"kernel": name, "key": [str(k) for k in key], "config": cfg}
+                for (name, key), cfg in shared_xattn._BEST.items()
+            ]
+        return result
+
     for D in dims:
         for L in lengths:
             rows += _bench_shape(B, H, L, D, dtype, device, methods, timer, peaks)
-    result: dict[str, Any] = {
-        "environment": environment(),
-        "device_kind": device,
-        "flop_convention": "FLOPs = 2 per multiply-add; forward 4*B*H*Lq*Lk*D per direction x 2 directions; "
-        "forward+backward = 3.5x forward",
-        "peaks": peaks,
-        "precompile": precompiled,
-        "rows": rows,
-        "speedups": _speedups(rows),
-        "note": None if gpu else "CPU run at reduced size (B=2, fp32): Triton figures need a GPU.",
-    }
-    if gpu:
-        from ssnbench.kernels import shared_xattn
-
-        result["autotune"] = list(shared_xattn.TUNING_LOG)
-        result["best_configs"] = [
-            {"kernel": name, "key": [str(k) for k in key], "config": cfg}
-            for (name, key), cfg in shared_xattn._BEST.items()
-        ]
-    return result
+            if on_progress is not None:
+                on_progress(snapshot(False))
+    return snapshot(True)
 
 
 def _fmt(v: Any, spec: str = ".4f") -> str:
@@ -344,10 +354,14 @@ def print_tables(result: dict[str, Any]) -> None:
 
 
 def cli(args: argparse.Namespace) -> int:
-    result = run(quick=bool(getattr(args, "quick", False)))
+    path = Path(args.json) if getattr(args, "json", None) else None
+
+    def write(result: dict[str, Any]) -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=2, default=str))
+
+    result = run(quick=bool(getattr(args, "quick", False)), on_progress=write)
+    write(result)
     print_tables(result)
-    if getattr(args, "json", None):
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=str))
     return 0
