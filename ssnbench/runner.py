@@ -171,7 +171,6 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": device.type,
         "device_name": name,
         "platform": platform.platform(),
-        "hostname": platform.node(),
     }
 
 
