@@ -133,6 +133,8 @@ fi
 import json, sys
 r = json.load(open(sys.argv[1]))
 env, peaks = r["environment"], r.get("peaks") or {}
+if not r.get("complete", True):
+    print("NOTE: benchmark cut short (time limit); rows so far only")
 if r.get("precompile"):
     print("precompile:", r["precompile"])
 print(f"device {env['device']} torch {env['torch']} triton {env['triton']}",
