@@ -96,30 +96,12 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
         "$PY" -m ssnbench bench kernels "${BENCH_ARGS[@]}"
 fi
 
-# ---- 4. HOOK: model benchmarks (issue 5) -------------------------------------------------------
-# The models engineer owns these commands; edit MODELS_SUITE / MODELS_BATCH_SIZES or this block.
+# ---- 4. model benchmarks (issue 5): scripts/gpu_bench_models.sh -------------------------------
+# `ssnbench bench models` on suites/bench_gpu.yaml + `pytest tests/benchmarks`; writes models.log,
+# pytest_benchmarks.log and models.tar.gz into $OUT.
 if [[ "${SKIP_MODELS:-0}" != 1 ]]; then
-    MODELS_SUITE="${MODELS_SUITE:-suites/bench_gpu.yaml}"
-    MODELS_BATCH_SIZES="${MODELS_BATCH_SIZES:-32}"
-    if [[ "$GPU" != 1 && "${MODELS_ON_CPU:-0}" != 1 ]]; then
-        echo "(model benchmark: GPU only unless MODELS_ON_CPU=1; skipped)" | tee "$OUT/models.log"
-    elif [[ -f ssnbench/bench_models.py && -f "$MODELS_SUITE" ]]; then
-        DEVICE=cpu
-        if [[ "$GPU" == 1 ]]; then DEVICE=cuda; else MODELS_BATCH_SIZES=2; fi
-        rm -rf /tmp/ssn_models_out && mkdir -p /tmp/ssn_models_out
-        COLUMNS=160 step bench_models "$T_MODELS" "$OUT/models.log" \
-            "$PY" -m ssnbench bench models --suite "$MODELS_SUITE" --device "$DEVICE" \
-            --batch-sizes "$MODELS_BATCH_SIZES" --out /tmp/ssn_models_out --json /tmp/ssn_models_out/models.json
-        tar -czf "$OUT/models.tar.gz" -C /tmp/ssn_models_out . 2>/dev/null
-    else
-        echo "(model benchmark hook: ssnbench/bench_models.py or $MODELS_SUITE missing; skipped)" | tee "$OUT/models.log"
-    fi
-    if compgen -G "tests/benchmarks/test_*.py" >/dev/null; then
-        PYBENCH=(--benchmark-disable)
-        if [[ "$GPU" == 1 ]]; then PYBENCH=(--benchmark-only --benchmark-max-time=0.3 --benchmark-min-rounds=5 --benchmark-columns=median,iqr,rounds --benchmark-sort=name); fi
-        COLUMNS=160 step pytest_benchmarks "$T_PYBENCH" "$OUT/pytest_benchmarks.log" \
-            "$PY" -m pytest -q -p no:cacheprovider -p no:xdist tests/benchmarks "${PYBENCH[@]}"
-    fi
+    step models_bench $((T_MODELS + T_PYBENCH + 30)) /tmp/gpu_bench_models.console \
+        env OUT="$OUT" PY="$PY" T_MODELS="$T_MODELS" T_PYBENCH="$T_PYBENCH" bash scripts/gpu_bench_models.sh
 fi
 
 # ---- 5. summary (printed last) ---------------------------------------------------------------------
