@@ -220,6 +220,7 @@ def summarize(records: list[dict]) -> dict[str, Any]:
         "paired": paired,
         "failed": failed,
         "runs": [_run_row(r) for r in records],
+        "job_seconds": float(sum((r.get("timings") or {}).get("total_seconds") or 0.0 for r in records)),
     }
 
 
@@ -346,6 +347,11 @@ def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
             f"checkpoint: best validation average accuracy",
         ],
         ["seeds", ", ".join(str(s) for s in sorted({r["seed"] for r in summary["runs"]}))],
+        [
+            "compute",
+            f"{summary.get('job_seconds', 0) / 60:.1f} min over {len(summary['runs'])} runs "
+            "(training, evaluation and profiling; data preparation not included)",
+        ],
         [
             "environment",
             f"git {_short(env.get('git_commit'))}{' (dirty tree)' if env.get('git_dirty') else ''}, "
