@@ -221,12 +221,15 @@ def _head_weights(ctx: _Ctx, path: str, value: Any) -> dict[str, float] | None:
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _interpolate(ctx: _Ctx, path: str, value: Any) -> Any:
-    """Replace `${VAR}` / `${VAR:-default}` in every string; an unset variable is a ConfigError."""
+def _interpolate(ctx: _Ctx, path: str, value: Any, lenient_data: bool = False) -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string; an unset variable is a ConfigError.
+
+    `lenient_data`: under `dataset.`, an unset variable stays as written (`bench models` needs no data).
+    """
     if isinstance(value, dict):
-        return {k: _interpolate(ctx, _join(path, str(k)), v) for k, v in value.items()}
+        return {k: _interpolate(ctx, _join(path, str(k)), v, lenient_data) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(ctx, _join(path, i), v) for i, v in enumerate(value)]
+        return [_interpolate(ctx, _join(path, i), v, lenient_data) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -236,6 +239,8 @@ def _interpolate(ctx: _Ctx, path: str, value: Any) -> Any:
             return os.environ[name]
         if default is not None:
             return default
+        if lenient_data and path.startswith("dataset."):
+            return match.group(0)
         hint = f"; {DATA_HINT}" if name == "DERM7PT_ROOT" else ""
         raise ctx.fail(path, f"environment variable {name} is not set{hint}")
 
@@ -502,7 +507,7 @@ def load(path: str | os.PathLike, check_models: bool = True, check_data: bool = 
     if raw is None:
         raise ConfigError(f"{file}: empty suite file")
     _mapping(ctx, "", raw, _TOP_KEYS, required=("dataset", "models"))
-    raw = _interpolate(ctx, "", raw)
+    raw = _interpolate(ctx, "", raw, lenient_data=not check_data)
 
     name = _str(ctx, "name", raw.get("name", p.stem))
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):

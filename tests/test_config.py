@@ -146,3 +146,10 @@ def test_spc_without_data_says_where_to_get_it(monkeypatch, capsys, tmp_path: Pa
     assert cli.main(["run", str(REPO / "suites" / "spc.yaml"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "dataset.root" in err and "does not exist" in err
+
+
+def test_suite_without_data_check_loads_without_the_data(monkeypatch) -> None:
+    """`bench models` reads a suite's models only: the data (and its variable) may be absent."""
+    monkeypatch.delenv("DERM7PT_ROOT", raising=False)
+    spc = load(REPO / "suites" / "spc.yaml", check_models=False, check_data=False)
+    assert spc.dataset.root.endswith("${DERM7PT_ROOT}") and len(spc.models) >= 9
