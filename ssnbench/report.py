@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ssnbench.errors import UserError
-from ssnbench.runner import unpack_classes
+from ssnbench.runner import json_safe, unpack_classes
 
 LABELS = ("DIAG", "PN", "BWV", "VS", "PIG", "STR", "DaG", "RS")
 DIAG_KEYS = ("diag_balanced_acc", "diag_auc_macro", "mel_sensitivity", "mel_specificity")
@@ -695,7 +695,7 @@ def write_report(records: list[dict], report_dir: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     summary = summarize(records)
     figures = _figures(summary, records, folder / "figures")
-    _write_text(folder / "results.json", json.dumps(summary, indent=1, default=str) + "\n")
+    _write_text(folder / "results.json", json.dumps(json_safe(summary), indent=1, default=str) + "\n")
     _write_text(folder / "results.csv", _csv(summary["runs"]))
     path = folder / "report.md"
     _write_text(path, render(summary, figures))

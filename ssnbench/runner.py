@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -61,6 +62,18 @@ def plan(suite: Suite) -> list[Job]:
 # Files
 
 
+def json_safe(obj: Any) -> Any:
+    """NaN/inf -> null (an undefined metric, e.g. the AUC of a class absent from the test split), so
+    result files are standard JSON that jq or a browser also read."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write to a temp file in the same folder, then rename: readers never see half a file,
     and an interrupt leaves at most a stray temp file that we remove."""
@@ -68,7 +81,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, allow_nan=True)
+            json.dump(json_safe(obj), fh, indent=1, allow_nan=False)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())

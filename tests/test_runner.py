@@ -170,3 +170,10 @@ def test_plan_is_one_job_per_model_and_seed(suite_file: Path) -> None:
     suite = load(suite_file)
     jobs = plan(suite)
     assert [j.id for j in jobs] == ["ssn__seed0", "single-derm__seed0"]
+
+
+def test_result_files_are_standard_json(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"schema": 1, "metrics": {"diag_auc_macro": float("nan"), "acc_avg": 0.5}})
+    assert "NaN" not in path.read_text()
+    assert json.loads(path.read_text())["metrics"] == {"diag_auc_macro": None, "acc_avg": 0.5}
