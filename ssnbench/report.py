@@ -219,9 +219,14 @@ def summarize(records: list[dict]) -> dict[str, Any]:
         "models": models,
         "paired": paired,
         "failed": failed,
-        "runs": [_run_row(r) for r in records],
+        "runs": [_run_row(r) for r in sorted(records, key=_run_order)],
         "job_seconds": float(sum((r.get("timings") or {}).get("total_seconds") or 0.0 for r in records)),
     }
+
+
+def _run_order(r: dict) -> tuple:
+    """Suite order, then seed: the same rows whether written by `run` or rebuilt by `report`."""
+    return (int(r.get("model_index", 10**6)), r["model"]["name"], int(r.get("seed", 0)))
 
 
 def _same_cases(runs: list[dict]) -> bool:
