@@ -219,7 +219,7 @@ def fit(
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
                         f"training loss became {float(loss.detach())} at epoch {epoch}, step {step + 1} "
-                        f"(lr {scheduler.get_last_lr()[0]:.3g}); lower train.lr or enable train.grad_clip"
+                        f"(lr {scheduler.get_last_lr()[0]:.3g}); lower train.lr (or check the inputs for NaN)"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -177,3 +177,16 @@ def test_result_files_are_standard_json(tmp_path: Path) -> None:
     write_json_atomic(path, {"schema": 1, "metrics": {"diag_auc_macro": float("nan"), "acc_avg": 0.5}})
     assert "NaN" not in path.read_text()
     assert json.loads(path.read_text())["metrics"] == {"diag_auc_macro": None, "acc_avg": 0.5}
+
+
+def test_nan_inducing_lr_is_a_recorded_failure(suite_file: Path, tmp_path: Path, capsys) -> None:
+    suite_file.write_text(
+        SUITE.replace("lr: 1.0e-3", "lr: 1.0e+30").replace("  - {name: ssn, arch: ssn}\n", "")
+    )
+    out, rep = tmp_path / "results", tmp_path / "report"
+    assert cli.main(["run", str(suite_file), "--out", str(out), "--report-dir", str(rep)]) == 1
+    record = read_result(out / "single-derm__seed0.json")
+    assert record["status"] == "failed" and record["error"]["type"] == "NonFiniteLossError"
+    assert "training loss became nan" in record["error"]["message"]
+    text = (rep / "report.md").read_text()
+    assert "NonFiniteLossError" in text and "SYNTHETIC" in text
