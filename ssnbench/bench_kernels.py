@@ -24,7 +24,7 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,17 +245,20 @@ def environment() -> dict[str, Any]:
 
 
 def run(quick: bool = False, device: str | None = None,
-        on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        lengths: Sequence[int] | None = None, dims: Sequence[int] | None = None) -> dict[str, Any]:
     """Run the benchmark and return the JSON-able result; `on_progress` gets the partial result
     after every shape (the CLI rewrites --json then, so a run cut short still leaves its rows)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device == "cuda"
     if gpu:
         B, H, dtype = 32, 8, torch.bfloat16
-        lengths, dims = ((49, 196, 784), (32,)) if quick else ((49, 196, 784, 3136), (32, 64))
+        default_lengths, default_dims = ((49, 196, 784), (32,)) if quick else ((49, 196, 784, 3136), (32, 64))
     else:
         B, H, dtype = 2, 8, torch.float32
-        lengths, dims = ((49,), (32,)) if quick else ((196, 49), (32, 64))
+        default_lengths, default_dims = ((49,), (32,)) if quick else ((196, 49), (32, 64))
+    lengths = tuple(lengths or default_lengths)
+    dims = tuple(dims or default_dims)
     methods = _methods(gpu)
     timer = _timer(gpu, quick)
     peaks = _measure_peaks(gpu)
@@ -361,7 +364,8 @@ def cli(args: argparse.Namespace) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=2, default=str))
 
-    result = run(quick=bool(getattr(args, "quick", False)), on_progress=write)
+    result = run(quick=bool(getattr(args, "quick", False)), on_progress=write,
+                 lengths=getattr(args, "lengths", None), dims=getattr(args, "head_dims", None))
     write(result)
     print_tables(result)
     return 0

@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rebuild a report from result files without training")
     report.add_argument("results_dir", metavar="DIR", help="folder of per-job result files")
-    report.add_argument("--report-dir", default=None, help="where to write report.md (default: reports/<suite>)")
+    report.add_argument(
+        "--report-dir", default=None, help="where to write report.md (default: reports/<suite>)",
+    )
     _command(report, "ssnbench.report:cli_report")
 
     data = sub.add_parser("data", help="make or check a Derm7pt release_v0 folder")
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     kern = bench_sub.add_parser("kernels", help="fused shared cross-attention vs PyTorch baselines")
     kern.add_argument("--json", default=None, metavar="PATH", help="also write results as JSON")
     kern.add_argument("--quick", action="store_true", help="fewer shapes and repetitions (smoke test)")
+    kern.add_argument("--lengths", type=_int_list, default=None, help="token counts, e.g. 49,196")
+    kern.add_argument("--head-dims", type=_int_list, default=None, help="head dims, e.g. 32,64")
     _command(kern, "ssnbench.bench_kernels:cli")
     models = bench_sub.add_parser("models", help="inference/training throughput of a suite's models")
     models.add_argument("--suite", required=True, help="suite YAML whose models are benchmarked")
