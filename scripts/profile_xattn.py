@@ -54,7 +54,7 @@ def op_host_costs(batch: int) -> list[dict]:
     return rows
 
 
-def profile_step(impl: str, batch: int) -> dict:
+def profile_step(impl: str, batch: int, python_profile: bool = False) -> dict:
     from ssnbench.losses import MultiHeadLoss, head_weights_for
     from ssnbench.models.registry import build_model
 
@@ -83,6 +83,21 @@ def profile_step(impl: str, batch: int) -> dict:
         step()
         torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
+    if python_profile:  # host time by Python function (Triton's launcher is not an aten op)
+        import cProfile
+        import io
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+        prof.disable()
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
+        return {"impl": impl, "step_ms_median": sorted(times)[len(times) // 2], "step_ms": times,
+                "table": text.getvalue()}
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                             torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(2):
@@ -97,16 +112,19 @@ def main() -> int:
     parser.add_argument("--impls", default="none,sdpa,triton")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--python-profile", action="store_true",
+                        help="cProfile 10 steps (host time per Python function) instead of torch.profiler")
+    parser.add_argument("--skip-op-cost", action="store_true")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("profile_xattn: no CUDA device; nothing to profile")
         return 0
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "op_host_cost": op_host_costs(args.batch), "steps": []}
+              "op_host_cost": [] if args.skip_op_cost else op_host_costs(args.batch), "steps": []}
     for row in result["op_host_cost"]:
         print(json.dumps(row))
     for impl in args.impls.split(","):
-        rec = profile_step(impl, args.batch)
+        rec = profile_step(impl, args.batch, args.python_profile)
         print(f"=== ssn-r50 xattn={impl}: train step median {rec['step_ms_median']:.2f} ms")
         print(rec["table"])
         result["steps"].append(rec)
