@@ -694,61 +694,6 @@ _BEST: dict[tuple, dict[str, Any]] = {}  # (kernel, key) -> tuned launch kwargs
 _WARMUP_ONLY: dict[str, list[dict[str, Any]]] | None = None  # set by precompile workers
 
 
-#: Direct launches of already-compiled kernels (see `_run`); SSNBENCH_XATTN_FAST_LAUNCH=0 disables.
-_FAST_LAUNCH = os.environ.get("SSNBENCH_XATTN_FAST_LAUNCH", "1") != "0"
-_COMPILED: dict[tuple, tuple[Any, tuple]] = {}
-#: Launches that took the direct path (tests check that it is exercised and still correct).
-DIRECT_LAUNCHES: collections.Counter[str] = collections.Counter()
-
-
-def _specialization(args: tuple) -> tuple:
-    """What Triton's JIT specialises a launch on, per runtime argument: tensor dtype and 16-byte
-    alignment; integer ==1, divisibility by 16 and 32/64-bit range; the type of anything else.
-    Two launches with equal specialisations run the same compiled kernel."""
-    spec = []
-    for a in args:
-        if isinstance(a, Tensor):
-            spec.append((a.dtype, a.data_ptr() % 16 == 0))
-        elif isinstance(a, bool):
-            spec.append(("bool", a))
-        elif isinstance(a, int):
-            spec.append((a == 1, a % 16 == 0, -(2**31) <= a < 2**31))
-        else:
-            spec.append(type(a))
-    return tuple(spec)
-
-
-def _run(kernel: Any, grid: tuple, args: tuple, kwargs: dict[str, Any]) -> None:
-    """kernel[grid](*args, **kwargs), skipping the JIT's per-call binding once compiled.
-
-    Triton's `JITFunction.run` re-derives the specialisation and cache key of every argument on each
-    call (~40 here), which on a busy host costs more than the small SSN stages' kernels. The first
-    launch of a specialisation goes through the JIT and keeps the returned compiled kernel; later
-    ones call it directly with the same argument list (constexprs included, in signature order).
-    """
-    global _FAST_LAUNCH
-    if INTERPRET or not _FAST_LAUNCH:
-        kernel[grid](*args, **kwargs)
-        return
-    cache_key = (kernel, tuple(kwargs.items()), _specialization(args))
-    entry = _COMPILED.get(cache_key)
-    if entry is None:
-        compiled = kernel[grid](*args, **kwargs)
-        params = getattr(kernel, "params", None)
-        if compiled is not None and params is not None and hasattr(compiled, "__getitem__"):
-            tail = tuple(kwargs.get(p.name, p.default) for p in params[len(args):])
-            _COMPILED[cache_key] = (compiled, tail)
-        return
-    compiled, tail = entry
-    try:
-        compiled[grid](*args, *tail)
-        DIRECT_LAUNCHES[kernel.__name__] += 1
-    except Exception:  # an incompatible Triton: fall back to the JIT for good (nothing was launched)
-        _FAST_LAUNCH = False
-        _COMPILED.clear()
-        kernel[grid](*args, **kwargs)
-
-
 def _launch(name: str, kernel: Any, grid: Any, args: tuple, meta: dict[str, Any], key: tuple,
             fixed: dict[str, Any]) -> None:
     """Launch `kernel` with the autotuned config for `key` (tuned once, then called directly: the
@@ -758,7 +703,7 @@ def _launch(name: str, kernel: Any, grid: Any, args: tuple, meta: dict[str, Any]
             kernel.warmup(*args, grid=grid(cfg), **meta, **cfg)
         return
     if not _autotune_enabled():
-        _run(kernel, grid(fixed), args, {**meta, **fixed})
+        kernel[grid(fixed)](*args, **meta, **fixed)
         return
     best = _BEST.get((name, key))
     if best is None:
@@ -769,7 +714,7 @@ def _launch(name: str, kernel: Any, grid: Any, args: tuple, meta: dict[str, Any]
         best = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         _BEST[(name, key)] = best
         return
-    _run(kernel, grid(best), args, {**meta, **best})
+    kernel[grid(best)](*args, **meta, **best)
 
 
 def _fixed_fwd(lq: int, lk: int, d: int, dtype: torch.dtype) -> dict[str, Any]:
@@ -940,10 +885,9 @@ def backward(
         else:
             dqa_c, dqa_d = delta_c, delta_d  # unused
         LAUNCHES["bwd_preprocess"] += 1
-        _run(
-            _bwd_preprocess_kernel, (triton.cdiv(lq, pre_block), B * H, 2),
-            (o_c, o_d, do_c, do_d, delta_c, delta_d, dqa_c, dqa_d, *_strides(do_c, do_d), H, Lc, Ld),
-            {"HEAD_DIM": D, "BLOCK_D": _np2(D), "BLOCK_M": pre_block, "ZERO_DQ": atomic},
+        _bwd_preprocess_kernel[(triton.cdiv(lq, pre_block), B * H, 2)](
+            o_c, o_d, do_c, do_d, delta_c, delta_d, dqa_c, dqa_d, *_strides(do_c, do_d), H, Lc, Ld,
+            HEAD_DIM=D, BLOCK_D=_np2(D), BLOCK_M=pre_block, ZERO_DQ=atomic,
         )
         if not atomic:
             LAUNCHES["bwd"] += 1

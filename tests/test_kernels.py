@@ -383,17 +383,3 @@ def test_tiny_ssn_training_triton_matches_reference():
             opt.step()
             losses[impl].append(loss.item())
     torch.testing.assert_close(losses["triton"], losses["reference"], atol=1e-4, rtol=1e-4)
-
-
-def test_launch_specialization_key():
-    """The direct-launch cache key separates exactly what Triton specialises on."""
-    from ssnbench.kernels.shared_xattn import _specialization
-
-    t = torch.empty(64, dtype=torch.float16)
-    base = _specialization((t, 32, 1, 7, 0.5))
-    assert base == _specialization((torch.empty(64, dtype=torch.float16), 48, 1, 9, 0.25))
-    assert base != _specialization((t.float(), 32, 1, 7, 0.5))  # dtype
-    assert base != _specialization((t[1:], 32, 1, 7, 0.5))  # 16-byte alignment
-    assert base != _specialization((t, 33, 1, 7, 0.5))  # divisibility by 16
-    assert base != _specialization((t, 32, 2, 7, 0.5))  # == 1
-    assert base != _specialization((t, 32, 1, 2**31, 0.5))  # 64-bit integer

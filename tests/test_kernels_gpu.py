@@ -134,25 +134,3 @@ def _grads(fn, xs):
     loss = fn(*leaves)
     loss.backward()
     return [loss.detach(), *[t.grad for t in leaves]]
-
-
-@pytest.mark.parametrize("L", [49, 196])
-def test_direct_launch_repeated_calls(L):
-    """Later calls of a compiled specialisation launch it directly (no JIT binding): still correct
-    on fresh inputs, and every direct launch was counted."""
-    from ssnbench.kernels import shared_xattn
-
-    if not shared_xattn._FAST_LAUNCH:
-        pytest.skip("direct launch disabled (SSNBENCH_XATTN_FAST_LAUNCH=0)")
-    before = sum(shared_xattn.DIRECT_LAUNCHES.values())
-    for seed in range(3):
-        xs = _inputs(8, 8, L, L + 1, 32, torch.bfloat16, seed=seed)
-        do = tuple(torch.randn(8, 8, n, 32, device="cuda").to(torch.bfloat16) for n in (L, L + 1))
-        ref = _run(reference.shared_cross_attention_reference, [t.double() for t in xs],
-                   [g.double() for g in do])
-        got = _run(shared_cross_attention, xs, do)
-        for g, r in zip(got, ref, strict=True):
-            assert torch.isfinite(g).all()
-            assert (g.double() - r).abs().max().item() <= 5e-2 * r.abs().max().item()
-    assert shared_xattn._FAST_LAUNCH, "direct launch failed and fell back to the JIT"
-    assert sum(shared_xattn.DIRECT_LAUNCHES.values()) > before
