@@ -16,14 +16,14 @@ from torch import Tensor, nn
 from ssnbench.models.backbone import create_backbone, encode_pair
 from ssnbench.models.heads import MultiLabelHead
 from ssnbench.models.registry import check_choice, check_float, check_int, register_model
-from ssnbench.models.ssn import XATTN_IMPLS, build_cross_attention, resolve_stages
+from ssnbench.models.ssn import XATTN_IMPLS, TwoImageModel, build_cross_attention, resolve_stages
 
 __all__ = ["DualEncoder", "dual"]
 
 DUAL_XATTN_MODES: tuple[str, ...] = ("none", "separate")
 
 
-class DualEncoder(nn.Module):
+class DualEncoder(TwoImageModel):
     """Two encoders (clinic, derm), optional per-direction cross-attention, three heads."""
 
     modalities: tuple[str, ...] = ("clinic", "derm")
@@ -86,16 +86,6 @@ class DualEncoder(nn.Module):
             "derm": self.heads["derm"](f_d),
             "fused": self.heads["fused"](torch.cat([f_c, f_d], 1)),
         }
-
-    def parts(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder, "cross_attention": self.cross_attention, "heads": self.heads}
-
-    def set_xattn_impl(self, impl: str) -> None:
-        """Switch every cross-attention block's core without rebuilding."""
-        impl = check_choice("xattn_impl", impl, XATTN_IMPLS)
-        for block in self.cross_attention.values():
-            block.impl = impl
-        self.config["xattn_impl"] = impl
 
 
 @register_model

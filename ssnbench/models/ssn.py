@@ -173,7 +173,27 @@ def build_cross_attention(
     return blocks, info
 
 
-class SSN(nn.Module):
+class TwoImageModel(nn.Module):
+    """What SSN and the dual baseline share: their parts (encoder, cross-attention, heads) for
+    per-part parameter counts, and switching the attention core of every block in place."""
+
+    encoder: nn.Module
+    cross_attention: nn.ModuleDict
+    heads: nn.ModuleDict
+    config: dict[str, Any]
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "cross_attention": self.cross_attention, "heads": self.heads}
+
+    def set_xattn_impl(self, impl: str) -> None:
+        """Switch every cross-attention block's core (e.g. `triton` on a GPU) without rebuilding."""
+        impl = check_choice("xattn_impl", impl, XATTN_IMPLS)
+        for block in self.cross_attention.values():
+            block.impl = impl
+        self.config["xattn_impl"] = impl
+
+
+class SSN(TwoImageModel):
     """Single-shared network; see the module docstring. `forward(clinic, derm) -> {head: [8 logits]}`."""
 
     modalities: tuple[str, ...] = ("clinic", "derm")
@@ -244,16 +264,6 @@ class SSN(nn.Module):
             "derm": head_d(f_d),
             "fused": self.heads["fused"](torch.cat([f_c, f_d], 1)),
         }
-
-    def parts(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder, "cross_attention": self.cross_attention, "heads": self.heads}
-
-    def set_xattn_impl(self, impl: str) -> None:
-        """Switch every cross-attention block's core (e.g. `triton` on a GPU) without rebuilding."""
-        impl = check_choice("xattn_impl", impl, XATTN_IMPLS)
-        for block in self.cross_attention.values():
-            block.impl = impl
-        self.config["xattn_impl"] = impl
 
 
 @register_model
