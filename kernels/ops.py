@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import reference
 
@@ -47,15 +48,38 @@ def backend_for(t: Tensor) -> str:
     return "reference"
 
 
+_KERNELS: Any = None
+
+
 def _kernels() -> Any:
     """Import the Triton module lazily: TRITON_INTERPRET must be set before @triton.jit runs."""
-    from . import shared_xattn
+    global _KERNELS
+    if _KERNELS is None:
+        from . import shared_xattn
 
-    return shared_xattn
+        _KERNELS = shared_xattn
+    return _KERNELS
 
 
 def _check(q_c: Tensor, k_c: Tensor, v_c: Tensor, q_d: Tensor, k_d: Tensor, v_d: Tensor) -> None:
-    """Shape/dtype contract (plain Python: torch._check costs ~30 us per call here)."""
+    """Shape/dtype contract. The common case is settled by a few direct comparisons (this runs on
+    every call, and host time is what the small SSN stages wait on); the messages come from
+    `_explain` only once something is wrong."""
+    sqc, skc, sqd, skd = q_c.shape, k_c.shape, q_d.shape, k_d.shape
+    dt = q_c.dtype
+    if (
+        len(sqc) == 4 and len(sqd) == 4 and len(skc) == 4 and len(skd) == 4
+        and v_c.shape == skc and v_d.shape == skd
+        and sqc[0] == sqd[0] == skc[0] == skd[0] and sqc[1] == sqd[1] == skc[1] == skd[1]
+        and sqc[3] == sqd[3] == skc[3] == skd[3]
+        and k_c.dtype is dt and v_c.dtype is dt and q_d.dtype is dt and k_d.dtype is dt and v_d.dtype is dt
+    ):
+        return
+    _explain(q_c, k_c, v_c, q_d, k_d, v_d)
+
+
+def _explain(q_c: Tensor, k_c: Tensor, v_c: Tensor, q_d: Tensor, k_d: Tensor, v_d: Tensor) -> None:
+    """Raise the error that says which part of the contract the six tensors break."""
     shapes = [tuple(t.shape) for t in (q_c, k_c, v_c, q_d, k_d, v_d)]
     if any(len(sh) != 4 for sh in shapes):
         raise ValueError(f"shared_cross_attention: tensors must be [B, H, L, D], got shapes {shapes}")
@@ -65,9 +89,7 @@ def _check(q_c: Tensor, k_c: Tensor, v_c: Tensor, q_d: Tensor, k_d: Tensor, v_d:
         raise ValueError(f"shared_cross_attention: k and v shapes differ: {kc} vs {vc}, {kd} vs {vd}")
     if any(sh[:2] != qc[:2] or sh[3] != qc[3] for sh in shapes):
         raise ValueError(f"shared_cross_attention: all six tensors must agree on B, H and D, got {shapes}")
-    dtype = q_c.dtype
-    if any(t.dtype != dtype for t in (k_c, v_c, q_d, k_d, v_d)):
-        raise TypeError("shared_cross_attention: all six tensors must have the same dtype")
+    raise TypeError("shared_cross_attention: all six tensors must have the same dtype")
 
 
 def _forward_impl(
@@ -178,16 +200,17 @@ class _EagerFused(torch.autograd.Function):
         return (*grads, None)
 
 
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
 def _use_registered_op(t: Tensor) -> bool:
     # is_compiling() first: Dynamo folds it to True, so nothing below is traced (fullgraph=True)
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return True
+    if type(t) not in _PLAIN_TENSORS or t.is_meta:
+        return True  # FakeTensor, FunctionalTensor, DTensor, ...
     if os.environ.get("SSNBENCH_XATTN_CUSTOM_OP", "0") == "1":
         return True
-    if type(t) not in (torch.Tensor, torch.nn.Parameter) or t.device.type == "meta":
-        return True  # FakeTensor, FunctionalTensor, DTensor, ...
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     return _get_current_dispatch_mode() is not None
 
 

@@ -32,6 +32,7 @@ a fixed table under TRITON_INTERPRET=1 (and on CUDA with SSNBENCH_XATTN_AUTOTUNE
 from __future__ import annotations
 
 import collections
+import math
 import os
 from typing import Any
 
@@ -39,6 +40,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton import knobs
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -368,6 +370,36 @@ def _bwd_dq_step(
     return tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
 
 
+@triton.jit
+def _bwd_dkdv_step(
+    dk, dv, k, v, q_base, do_base, lse_base, del_base, row0, start_m, Lq, s_ql, s_gl, qk_scale,
+    offs_m0, offs_d, d_ok, MASK_M: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """dK/dV contribution of one query block; only the last (partial) block is masked on rows."""
+    offs_m = start_m + offs_m0
+    q_ptrs = q_base + offs_m[:, None] * s_ql + offs_d[None, :]
+    do_ptrs = do_base + offs_m[:, None] * s_gl + offs_d[None, :]
+    if MASK_M:
+        m_ok = offs_m < Lq
+        q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok, other=0.0)
+        do = tl.load(do_ptrs, mask=m_ok[:, None] & d_ok, other=0.0)
+        # queries past Lq: lse = +inf -> p = 0, so no mask on the scores is needed
+        lse = tl.load(lse_base + row0 + offs_m, mask=m_ok, other=float("inf"))
+        delta = tl.load(del_base + row0 + offs_m, mask=m_ok, other=0.0)
+    else:
+        q = tl.load(q_ptrs, mask=d_ok, other=0.0)
+        do = tl.load(do_ptrs, mask=d_ok, other=0.0)
+        lse = tl.load(lse_base + row0 + offs_m)
+        delta = tl.load(del_base + row0 + offs_m)
+    qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
+    pT = tl.math.exp2(qkT - lse[None, :] * 1.4426950408889634)
+    dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+    dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+    dsT = pT * (dpT - delta[None, :])
+    dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
+    return dk, dv
+
+
 @triton.jit(do_not_specialize=_NO_SPEC)
 def _bwd_kernel(
     Qc, Kc, Vc, Qd, Kd, Vd, dOc, dOd, LSEc, LSEd, DELc, DELd,
@@ -419,20 +451,17 @@ def _bwd_kernel(
         dk = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
         offs_m0 = tl.arange(0, BLOCK_M1)
-        for start_m in range(0, Lq, BLOCK_M1):
-            offs_m = start_m + offs_m0
-            m_mask = (offs_m[:, None] < Lq) & d_ok
-            q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :], mask=m_mask, other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * s_gl + offs_d[None, :], mask=m_mask, other=0.0)
-            # queries past Lq: lse = +inf -> p = 0, so no mask on the scores is needed
-            lse = tl.load(lse_base + row0 + offs_m, mask=offs_m < Lq, other=float("inf"))
-            delta = tl.load(del_base + row0 + offs_m, mask=offs_m < Lq, other=0.0)
-            qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
-            pT = tl.math.exp2(qkT - lse[None, :] * 1.4426950408889634)
-            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
-            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-            dsT = pT * (dpT - delta[None, :])
-            dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
+        m_full = (Lq // BLOCK_M1) * BLOCK_M1
+        for start_m in range(0, m_full, BLOCK_M1):
+            dk, dv = _bwd_dkdv_step(
+                dk, dv, k, v, q_base, do_base, lse_base, del_base, row0, start_m, Lq, s_ql, s_gl, qk_scale,
+                offs_m0, offs_d, d_ok, False, DOT_PREC,
+            )
+        if m_full < Lq:
+            dk, dv = _bwd_dkdv_step(
+                dk, dv, k, v, q_base, do_base, lse_base, del_base, row0, m_full, Lq, s_ql, s_gl, qk_scale,
+                offs_m0, offs_d, d_ok, True, DOT_PREC,
+            )
         row_k = bh.to(tl.int64) * Lk + offs_n
         out_k = row_k[:, None] * HEAD_DIM + offs_d[None, :]
         tl.store(dk_base + out_k, (dk * sm_scale).to(dk_base.dtype.element_ty), mask=n_mask)
@@ -597,7 +626,8 @@ _FWD_CONFIGS = [
     for bm, bn, w, s, poly in [
         (32, 32, 2, 2, False), (32, 64, 2, 2, False), (64, 64, 2, 2, False), (64, 64, 4, 2, False),
         (64, 64, 4, 3, False), (64, 128, 4, 3, False), (128, 64, 4, 3, False), (128, 64, 8, 3, False),
-        (128, 128, 8, 3, False),
+        (128, 128, 8, 3, False), (64, 64, 4, 4, False), (128, 64, 4, 4, False), (64, 32, 4, 3, False),
+        (32, 64, 4, 2, False),
         # half of the exps on the FMA pipes (fp16/bf16, many keys): see _exp2_fma
         (64, 128, 4, 3, True), (128, 128, 8, 3, True), (128, 64, 8, 3, True),
     ]
@@ -607,6 +637,9 @@ _BWD_CONFIGS = [
     for m1, n1, m2, n2, w, s in [
         (32, 64, 64, 32, 4, 2), (32, 64, 64, 32, 4, 3), (64, 64, 64, 64, 4, 3), (32, 128, 128, 32, 4, 3),
         (32, 128, 128, 32, 8, 3), (64, 128, 128, 64, 8, 3), (64, 64, 64, 64, 8, 2),
+        # deeper pipelines of the best D=64 shape (H200 autotune, 2026-11-26) and FA2-tutorial tiles
+        (32, 128, 128, 32, 4, 4), (32, 128, 128, 32, 4, 5), (32, 128, 128, 64, 4, 3),
+        (64, 128, 128, 32, 4, 3), (16, 128, 128, 16, 4, 3),
     ]
 ]
 _ATOMIC_CONFIGS = [
@@ -693,28 +726,112 @@ def _record_tuning(name: str, tuned: Any, key: tuple) -> None:
 _BEST: dict[tuple, dict[str, Any]] = {}  # (kernel, key) -> tuned launch kwargs
 _WARMUP_ONLY: dict[str, list[dict[str, Any]]] | None = None  # set by precompile workers
 
+#: Compiled kernels launched directly, skipping Triton's per-call JIT work (see `_launch`).
+_DIRECT: dict[tuple, tuple[Any, ...]] = {}
+_TUNABLE = frozenset(("fwd", "bwd", "bwd_atomic", "bwd_small"))
+#: Launches that took the direct path (tests check that it runs and stays correct).
+DIRECT_LAUNCHES: collections.Counter[str] = collections.Counter()
+_I32_MAX = 2**31 - 1
 
-def _launch(name: str, kernel: Any, grid: Any, args: tuple, meta: dict[str, Any], key: tuple,
-            fixed: dict[str, Any]) -> None:
-    """Launch `kernel` with the autotuned config for `key` (tuned once, then called directly: the
-    Autotuner's per-call Python work is skipped) or with the fixed config when not autotuning."""
+
+def _direct_enabled() -> bool:
+    return not INTERPRET and os.environ.get("SSNBENCH_XATTN_DIRECT_LAUNCH", "1") != "0"
+
+
+def int_spec(strides: list[int], H: int) -> tuple[bool, bool] | None:
+    """What Triton's JIT specialises our integer arguments on, in two flags, or None when the
+    strides are not all multiples of 16 (then every launch goes through the JIT).
+
+    The token counts are `do_not_specialize` (they only differ in i32/i64, and all our integers are
+    below 2**31: `_check_sizes`); each stride is specialised on ==1 and %16, which all strides
+    divisible by 16 settle at once (gcd); H on ==1 and %16."""
+    if math.gcd(*strides) % 16 or max(strides) > _I32_MAX:
+        return None
+    return H == 1, H % 16 == 0
+
+
+def _direct_entry(kernel: Any, compiled: Any, n_args: int, kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+    """(launcher, function handle, packed metadata, trailing constexpr values) of a compiled kernel."""
+    if hasattr(compiled, "result"):  # an async-compile future (newer Triton)
+        compiled = compiled.result()
+    params = getattr(kernel, "params", None)
+    if compiled is None or params is None:
+        return None
+    run = compiled.run  # loads the module on first access
+    tail = tuple(kwargs.get(p.name, p.default) for p in params[n_args:])
+    return run, compiled.function, compiled.packed_metadata, tail
+
+
+def _launch(name: str, kernel: Any, grid: Any, tensors: tuple, scalars: tuple, meta: dict[str, Any],
+            key: tuple, fixed: Any, spec: tuple | None = None) -> None:
+    """Launch kernel(*tensors, *scalars) with the autotuned config for `key` (or `fixed()`, the
+    fixed config, when not autotuning or for kernels that are never tuned).
+
+    Triton's `JITFunction.run` re-derives the specialisation and cache key of all ~50 arguments on
+    every call, which costs more host time than the small SSN stages' kernels take on the GPU. So the
+    first launch of a (kernel, shape key, config, specialisation) goes through the JIT and keeps the
+    compiled kernel; later ones call its launcher directly. The specialisation is everything Triton
+    keys a compiled kernel on: dtypes and constexprs (fixed by `name` and `key`), 16-byte alignment
+    of every pointer (checked here with one OR of the addresses; any misaligned pointer takes the
+    JIT) and the integer flags of `int_spec` (None: always the JIT).
+    SSNBENCH_XATTN_DIRECT_LAUNCH=0 turns this off.
+    """
     if _WARMUP_ONLY is not None:  # precompile(): compile the requested configs, launch nothing
         for cfg in _WARMUP_ONLY.get(name, ()):
-            kernel.warmup(*args, grid=grid(cfg), **meta, **cfg)
+            kernel.warmup(*tensors, *scalars, grid=grid(cfg), **meta, **cfg)
         return
-    if not _autotune_enabled():
-        kernel[grid(fixed)](*args, **meta, **fixed)
+    tuning = name in _TUNABLE and _autotune_enabled()
+    if tuning:
+        cfg = _BEST.get((name, key))
+        if cfg is None:  # first call for this shape: tune (launches the best config once)
+            tuned = _tuned(name)
+            tuned[grid](*tensors, *scalars, **meta)
+            _record_tuning(name, tuned, key)
+            best = tuned.best_config
+            _BEST[(name, key)] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+            return
+    else:
+        cfg = fixed()
+    if spec is None or not _direct_enabled() or not _hooks_idle():
+        kernel[grid(cfg)](*tensors, *scalars, **meta, **cfg)
         return
-    best = _BEST.get((name, key))
-    if best is None:
-        tuned = _tuned(name)
-        tuned[grid](*args, **meta)
-        _record_tuning(name, tuned, key)
-        cfg = tuned.best_config
-        best = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-        _BEST[(name, key)] = best
+    ptrs = 0
+    for t in tensors:
+        ptrs |= t.data_ptr()
+    g = grid(cfg)
+    if ptrs & 15:  # some pointer not 16-byte aligned: which one matters to Triton, so JIT always
+        kernel[g](*tensors, *scalars, **meta, **cfg)
         return
-    kernel[grid(best)](*args, **meta, **best)
+    device = _current_device()
+    dkey = (name, key, tuning or tuple(cfg.items()), spec, device)
+    entry = _DIRECT.get(dkey)
+    if entry is None:
+        kwargs = {**meta, **cfg}
+        compiled = kernel[g](*tensors, *scalars, **kwargs)
+        entry = _direct_entry(kernel, compiled, len(tensors) + len(scalars), kwargs)
+        if entry is not None:
+            _DIRECT[dkey] = entry
+        return
+    run, function, packed, tail = entry
+    stream = _current_stream(device)
+    run(g[0], g[1], g[2], stream, function, packed, None, None, None, *tensors, *scalars, *tail)
+    DIRECT_LAUNCHES[name] += 1
+
+
+def _hooks_idle() -> bool:
+    """No launch hooks installed (a profiler such as proton adds some): then the direct launch may
+    pass None for the hooks and their metadata. Triton 3.6+ keeps them as (empty) HookChains."""
+    rt = knobs.runtime
+    hooks = (rt.launch_enter_hook, rt.launch_exit_hook)
+    return all(h is None or not getattr(h, "calls", True) for h in hooks)
+
+
+def _current_device() -> int:
+    return torch.cuda.current_device()
+
+
+def _current_stream(device: int) -> int:
+    return torch._C._cuda_getCurrentRawStream(device)
 
 
 def _fixed_fwd(lq: int, lk: int, d: int, dtype: torch.dtype) -> dict[str, Any]:
@@ -771,6 +888,20 @@ def _prep(t: Tensor) -> Tensor:
     return t
 
 
+def _prep_all(ts: tuple[Tensor, ...]) -> tuple[list[Tensor], list[int]]:
+    """`_prep` of each tensor and their (batch, head, token) strides, in one pass."""
+    out: list[Tensor] = []
+    strides: list[int] = []
+    for t in ts:
+        st = t.stride()
+        if st[3] != 1 or 1 in st[:3]:
+            t = _prep(t)
+            st = t.stride()
+        out.append(t)
+        strides += st[:3]
+    return out, strides
+
+
 def _strides(*ts: Tensor) -> list[int]:
     return [s for t in ts for s in t.stride()[:3]]
 
@@ -779,44 +910,69 @@ def _dot_prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+_META: dict[tuple[int, torch.dtype], dict[str, Any]] = {}
+
+
+def _meta(d: int, dtype: torch.dtype) -> dict[str, Any]:
+    """Constexpr kwargs shared by the attention kernels (cached: built once per head dim/dtype)."""
+    meta = _META.get((d, dtype))
+    if meta is None:
+        meta = _META[(d, dtype)] = {"HEAD_DIM": d, "BLOCK_D": _np2(d), "DOT_PREC": _dot_prec(dtype)}
+    return meta
+
+
 def _check_inputs(*ts: Tensor) -> None:
-    for t in ts:
-        if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            raise TypeError(f"shared_cross_attention kernels support fp16/bf16/fp32, got {t.dtype}")
-        if t.numel() >= 2**31:
-            raise ValueError("shared_cross_attention kernels support < 2**31 elements per tensor")
-    if ts[0].shape[-1] > 256:
-        raise ValueError(f"head dim {ts[0].shape[-1]} > 256 is not supported by the Triton kernels")
+    """Dtype and size limits of the kernels (shapes themselves are checked by ops._check)."""
+    q = ts[0]
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"shared_cross_attention kernels support fp16/bf16/fp32, got {q.dtype}")
+    if max(t.numel() for t in ts) >= 2**31:
+        raise ValueError("shared_cross_attention kernels support < 2**31 elements per tensor")
+    if q.shape[-1] > 256:
+        raise ValueError(f"head dim {q.shape[-1]} > 256 is not supported by the Triton kernels")
+
+
+class _Fixed:
+    """The fixed config of a launch, computed only when autotuning is off (lazy: saves host time)."""
+
+    __slots__ = ("args", "fn")
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        self.fn, self.args = fn, args
+
+    def __call__(self) -> dict[str, Any]:
+        return self.fn(*self.args)
 
 
 def forward(
     q_c: Tensor, k_c: Tensor, v_c: Tensor, q_d: Tensor, k_d: Tensor, v_d: Tensor, scale: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(o_c, o_d, lse_c, lse_d) in ONE kernel launch; o contiguous, lse fp32 [B, H, L] natural log."""
+    """(o_c, o_d, lse_c, lse_d) in ONE kernel launch; o contiguous, lse fp32 [B, H, L] natural log.
+    Shapes must already agree (ops._check); this is the hot path, kept lean on purpose."""
     _check_inputs(q_c, k_c, v_c, q_d, k_d, v_d)
-    q_c, k_c, v_c, q_d, k_d, v_d = (_prep(t) for t in (q_c, k_c, v_c, q_d, k_d, v_d))
+    (q_c, k_c, v_c, q_d, k_d, v_d), strides = _prep_all((q_c, k_c, v_c, q_d, k_d, v_d))
     B, H, Lc, D = q_c.shape
     Ld, Lkc, Lkd = q_d.shape[2], k_c.shape[2], k_d.shape[2]
-    o_c = torch.empty((B, H, Lc, D), device=q_c.device, dtype=q_c.dtype)
-    o_d = torch.empty((B, H, Ld, D), device=q_c.device, dtype=q_c.dtype)
-    lse_c = torch.empty((B, H, Lc), device=q_c.device, dtype=torch.float32)
-    lse_d = torch.empty((B, H, Ld), device=q_c.device, dtype=torch.float32)
+    dev, dt = q_c.device, q_c.dtype
+    o_c = torch.empty((B, H, Lc, D), device=dev, dtype=dt)
+    o_d = torch.empty((B, H, Ld, D), device=dev, dtype=dt)
+    lse_c = torch.empty((B, H, Lc), device=dev, dtype=torch.float32)
+    lse_d = torch.empty((B, H, Ld), device=dev, dtype=torch.float32)
     if B * H == 0 or Lc + Ld == 0:
         return o_c, o_d, lse_c, lse_d
-    if min(Lkc, Lkd) == 0:
+    if Lkc == 0 or Lkd == 0:
         raise ValueError("shared_cross_attention needs at least one key per direction")
     if not scale > 0:
         raise ValueError(f"shared_cross_attention kernels need a positive scale, got {scale}")
-    args = (
-        q_c, k_c, v_c, q_d, k_d, v_d, o_c, o_d, lse_c, lse_d,
-        *_strides(q_c, k_c, v_c, q_d, k_d, v_d), H, Lc, Lkc, Ld, Lkd, scale * LOG2E,
-    )
-    meta = {"HEAD_DIM": D, "BLOCK_D": _np2(D), "DOT_PREC": _dot_prec(q_c.dtype)}
-    lq = max(Lc, Ld)
+    lq = Lc if Lc > Ld else Ld
     LAUNCHES["fwd"] += 1
-    key = (Lc, Lkc, Ld, Lkd, D, q_c.dtype)
-    grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]), B * H, 2)
-    _launch("fwd", _fwd_kernel, grid, args, meta, key, _fixed_fwd(lq, max(Lkc, Lkd), D, q_c.dtype))
+    _launch(
+        "fwd", _fwd_kernel, lambda m: ((lq + m["BLOCK_M"] - 1) // m["BLOCK_M"], B * H, 2),
+        (q_c, k_c, v_c, q_d, k_d, v_d, o_c, o_d, lse_c, lse_d),
+        (*strides, H, Lc, Lkc, Ld, Lkd, scale * LOG2E),
+        _meta(D, dt), (Lc, Lkc, Ld, Lkd, D, dt), _Fixed(_fixed_fwd, lq, max(Lkc, Lkd), D, dt),
+        int_spec(strides, H),
+    )
     return o_c, o_d, lse_c, lse_d
 
 
@@ -839,14 +995,23 @@ def backward(
     """(dq_c, dk_c, dv_c, dq_d, dk_d, dv_d), contiguous. `path` forces 'small' (one fused launch,
     <= 64 tokens) or 'general' (preprocess + one dK/dV/dQ launch); default picks by token count."""
     _check_inputs(q_c, k_c, v_c, q_d, k_d, v_d)
-    q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d = (
-        _prep(t) for t in (q_c, k_c, v_c, q_d, k_d, v_d, do_c.to(q_c.dtype), do_d.to(q_c.dtype))
-    )
-    o_c, o_d = o_c.contiguous(), o_d.contiguous()
-    lse_c, lse_d = lse_c.float().contiguous(), lse_d.float().contiguous()
+    dt = q_c.dtype
+    if do_c.dtype != dt:
+        do_c = do_c.to(dt)
+    if do_d.dtype != dt:
+        do_d = do_d.to(dt)
+    ins, strides = _prep_all((q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d))
+    q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d = ins
+    if not (o_c.is_contiguous() and o_d.is_contiguous()):
+        o_c, o_d = o_c.contiguous(), o_d.contiguous()
+    if lse_c.dtype != torch.float32 or lse_d.dtype != torch.float32:
+        lse_c, lse_d = lse_c.float(), lse_d.float()
+    if not (lse_c.is_contiguous() and lse_d.is_contiguous()):
+        lse_c, lse_d = lse_c.contiguous(), lse_d.contiguous()
     B, H, Lc, D = q_c.shape
     Ld, Lkc, Lkd = q_d.shape[2], k_c.shape[2], k_d.shape[2]
-    grads = [torch.empty(t.shape, device=t.device, dtype=t.dtype) for t in (q_c, k_c, v_c, q_d, k_d, v_d)]
+    dev = q_c.device
+    grads = [torch.empty(t.shape, device=dev, dtype=dt) for t in ins[:6]]
     dq_c, dk_c, dv_c, dq_d, dk_d, dv_d = grads
     if B * H == 0 or Lc + Ld == 0:
         for g in grads:
@@ -855,16 +1020,19 @@ def backward(
     lq, lk = max(Lc, Ld), max(Lkc, Lkd)
     if path is None and lq <= SMALL_MAX_TOKENS and lk <= SMALL_MAX_TOKENS:
         path = "small"
-    strides = _strides(q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d)
-    meta = {"HEAD_DIM": D, "BLOCK_D": _np2(D), "DOT_PREC": _dot_prec(q_c.dtype)}
+    meta = _meta(D, dt)
     common = (*strides, H, Lc, Lkc, Ld, Lkd, scale * LOG2E, scale)
-    key = (Lc, Lkc, Ld, Lkd, D, q_c.dtype)
+    key = (Lc, Lkc, Ld, Lkd, D, dt)
+    spec = int_spec(strides, H)
     if path == "small":
         LAUNCHES["bwd_small"] += 1
-        args = (q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, o_c, o_d, lse_c, lse_d, *grads, *common)
-        blocks = {"BLOCK_M": _np2(lq), "BLOCK_N": _np2(lk)}
+        small_meta = {**meta, "BLOCK_M": _np2(lq), "BLOCK_N": _np2(lk)}
         fixed = {"num_warps": 8 if D > 64 else 4 if lq * lk > 1024 else 2, "num_stages": 1}
-        _launch("bwd_small", _bwd_small_kernel, lambda m: (1, B * H, 2), args, {**meta, **blocks}, key, fixed)
+        _launch(
+            "bwd_small", _bwd_small_kernel, lambda m: (1, B * H, 2),
+            (q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, o_c, o_d, lse_c, lse_d, *grads), common,
+            small_meta, key, lambda: fixed, spec,
+        )
         return tuple(grads)  # type: ignore[return-value]
     if path is None:
         path = os.environ.get("SSNBENCH_XATTN_BWD_PATH") or None
@@ -873,38 +1041,45 @@ def backward(
 
     delta_c = torch.empty_like(lse_c)
     delta_d = torch.empty_like(lse_d)
-    fp32_out = q_c.dtype == torch.float32
+    fp32_out = dt == torch.float32
     pre_block = 64 if not INTERPRET else 16
+    pre_spec = int_spec(strides[-6:], H)
 
     def run(which: str) -> None:
         """One whole backward by `which` path, writing `grads` (idempotent: safe to re-run)."""
         atomic = which == "atomic"
         if atomic:  # fp32 dQ accumulators (the gradients themselves when they are fp32)
-            dqa_c = dq_c if fp32_out else torch.empty(dq_c.shape, device=dq_c.device, dtype=torch.float32)
-            dqa_d = dq_d if fp32_out else torch.empty(dq_d.shape, device=dq_d.device, dtype=torch.float32)
+            dqa_c = dq_c if fp32_out else torch.empty(dq_c.shape, device=dev, dtype=torch.float32)
+            dqa_d = dq_d if fp32_out else torch.empty(dq_d.shape, device=dev, dtype=torch.float32)
         else:
             dqa_c, dqa_d = delta_c, delta_d  # unused
         LAUNCHES["bwd_preprocess"] += 1
-        _bwd_preprocess_kernel[(triton.cdiv(lq, pre_block), B * H, 2)](
-            o_c, o_d, do_c, do_d, delta_c, delta_d, dqa_c, dqa_d, *_strides(do_c, do_d), H, Lc, Ld,
-            HEAD_DIM=D, BLOCK_D=_np2(D), BLOCK_M=pre_block, ZERO_DQ=atomic,
+        pre_meta = {"HEAD_DIM": D, "BLOCK_D": meta["BLOCK_D"], "BLOCK_M": pre_block, "ZERO_DQ": atomic}
+        _launch(
+            "bwd_pre_atomic" if atomic else "bwd_pre", _bwd_preprocess_kernel,
+            lambda m: ((lq + pre_block - 1) // pre_block, B * H, 2),
+            (o_c, o_d, do_c, do_d, delta_c, delta_d, dqa_c, dqa_d), (*strides[-6:], H, Lc, Ld),
+            pre_meta, key, dict, pre_spec,
         )
         if not atomic:
             LAUNCHES["bwd"] += 1
-            args = (q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, lse_c, lse_d, delta_c, delta_d, *grads, *common)
 
             def grid(m: dict[str, Any]) -> tuple[int, int, int]:
                 return (max(triton.cdiv(lk, m["BLOCK_N1"]), triton.cdiv(lq, m["BLOCK_M2"])), B * H, 2)
 
-            _launch("bwd", _bwd_kernel, grid, args, meta, key, _fixed_bwd(lq, lk, D))
+            _launch(
+                "bwd", _bwd_kernel, grid,
+                (q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, lse_c, lse_d, delta_c, delta_d, *grads), common,
+                meta, key, _Fixed(_fixed_bwd, lq, lk, D), spec,
+            )
             return
         LAUNCHES["bwd_atomic"] += 1
-        args = (
-            q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, lse_c, lse_d, delta_c, delta_d,
-            dqa_c, dk_c, dv_c, dqa_d, dk_d, dv_d, *common,
+        _launch(
+            "bwd_atomic", _bwd_atomic_kernel, lambda m: (triton.cdiv(lk, m["BLOCK_N"]), B * H, 2),
+            (q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, lse_c, lse_d, delta_c, delta_d,
+             dqa_c, dk_c, dv_c, dqa_d, dk_d, dv_d), common,
+            meta, key, _Fixed(_fixed_atomic, lq, lk, D), spec,
         )
-        grid = lambda m: (triton.cdiv(lk, m["BLOCK_N"]), B * H, 2)
-        _launch("bwd_atomic", _bwd_atomic_kernel, grid, args, meta, key, _fixed_atomic(lq, lk, D))
         if not fp32_out:
             LAUNCHES["bwd_cast"] += 1
             n = max(dq_c.numel(), dq_d.numel())

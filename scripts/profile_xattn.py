@@ -1,57 +1,135 @@
 """Where does the time of SSN's cross-attention go? A GPU diagnostic, one call.
 
-1. Host (CPU) cost per call of the fused op and of SDPA at the SSN stage shapes: launches are
-   queued without synchronising, so the figure is the Python + launch overhead per call.
-2. One SSN-ResNet50 training step (B=32 per modality, bf16 autocast, channels_last) per
+1. Host (CPU) cost per call of the fused op (direct kernel launch on and off) and of SDPA at the
+   SSN stage shapes: launches are queued without synchronising, so the figure is the Python +
+   launch overhead per call; then a cProfile of the op's forward+backward by Python function.
+2. The SharedCrossAttention block per impl at SSN-R50's three stage shapes: host µs and synced ms
+   per forward+backward.
+3. One SSN-ResNet50 training step (B=32 per modality, bf16 autocast, channels_last) per
    cross-attention impl under torch.profiler: step time, and the CUDA kernels that take the most
-   device time, so a slow kernel and a host-bound step can be told apart.
+   device time (and a table by host time), so a slow kernel and a host-bound step can be told apart.
 
-    python scripts/profile_xattn.py [--impls triton,sdpa] [--batch 32] [--out DIR]
-Needs CUDA; exits 0 with a note on a CPU box.
+    python scripts/profile_xattn.py [--impls none,sdpa,triton] [--batch 32] [--out DIR]
+Needs CUDA; exits 0 with a note on a CPU box (`--device cpu` runs parts 1-2 on CPU as a smoke test).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
+
+DEVICE = "cuda"
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 def host_cost_us(fn, calls: int = 200) -> float:
     """Mean host time per call with no synchronisation inside the loop (queue-bound calls)."""
     for _ in range(10):
         fn()
-    torch.cuda.synchronize()
+    _sync()
     t0 = time.perf_counter()
     for _ in range(calls):
         fn()
     host = (time.perf_counter() - t0) / calls * 1e6
-    torch.cuda.synchronize()
+    _sync()
     return host
 
 
+def _direct(on: bool) -> None:
+    os.environ["SSNBENCH_XATTN_DIRECT_LAUNCH"] = "1" if on else "0"
+
+
 def op_host_costs(batch: int) -> list[dict]:
+    """Host µs per call of the fused op (direct launch on and off) and of SDPA, per SSN stage shape."""
     import torch.nn.functional as F
     from ssnbench.kernels import shared_cross_attention
 
     rows = []
     for L in (49, 196, 784):
-        x = [torch.randn(batch, 8, L, 32, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        x = [torch.randn(batch, 8, L, 32, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
              for _ in range(6)]
         fused = lambda x=x: shared_cross_attention(*x)
         sdpa = lambda x=x: (F.scaled_dot_product_attention(x[0], x[4], x[5]),
                             F.scaled_dot_product_attention(x[3], x[1], x[2]))
         row = {"L": L}
-        for name, fn in (("fused", fused), ("sdpa_2calls", sdpa)):
+        variants = (("fused", fused, True), ("fused_jit", fused, False), ("sdpa_2calls", sdpa, True))
+        for name, fn, direct in variants:
+            _direct(direct)
             with torch.no_grad():
                 row[f"{name}_fwd_host_us"] = host_cost_us(fn)
             g = [torch.randn_like(o) for o in fn()]
             row[f"{name}_fwdbwd_host_us"] = host_cost_us(lambda fn=fn, g=g: torch.autograd.backward(fn(), g))
+        _direct(True)
         rows.append(row)
     return rows
+
+
+def block_costs(batch: int) -> list[dict]:
+    """The SharedCrossAttention block as SSN-R50 runs it at 224 px (256 channels, 8 heads, bf16
+    autocast, channels_last), forward+backward per impl: host µs per call (queued) and device-synced
+    ms per call. Shows whether the block, not just the op, is host-bound."""
+    from ssnbench.models.backbone import auto_kv_reduction
+    from ssnbench.models.cross_attention import SharedCrossAttention
+
+    rows = []
+    for side in (28, 14, 7):
+        r = auto_kv_reduction((side, side))
+        row = {"tokens": side * side, "kv_reduction": r}
+        for impl in ("triton", "sdpa"):
+            block = SharedCrossAttention(256, 8, impl=impl, kv_reduction=r).to(DEVICE)
+            f = [torch.randn(batch, 256, side, side, device=DEVICE, requires_grad=True)
+                 .to(memory_format=torch.channels_last) for _ in range(2)]
+
+            def step(block=block, f=f) -> None:
+                with torch.autocast(DEVICE, dtype=torch.bfloat16):
+                    y_c, y_d = block(*f)
+                (y_c.float().sum() + y_d.float().sum()).backward()
+
+            row[f"{impl}_host_us"] = host_cost_us(step, calls=100)
+            for _ in range(5):
+                step()
+            _sync()
+            t0 = time.perf_counter()
+            for _ in range(50):
+                step()
+            _sync()
+            row[f"{impl}_ms"] = (time.perf_counter() - t0) / 50 * 1e3
+        rows.append(row)
+    return rows
+
+
+def op_cprofile(batch: int, L: int = 49) -> str:
+    """cProfile of 300 fused forward+backward calls: host time by Python function."""
+    import cProfile
+    import io
+    import pstats
+
+    from ssnbench.kernels import shared_cross_attention
+
+    x = [torch.randn(batch, 8, L, 32, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+         for _ in range(6)]
+    g = [torch.randn_like(o) for o in shared_cross_attention(*x)]
+    for _ in range(20):
+        torch.autograd.backward(shared_cross_attention(*x), g)
+    _sync()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(300):
+        torch.autograd.backward(shared_cross_attention(*x), g)
+    _sync()
+    prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(22)
+    return text.getvalue()
 
 
 def profile_step(impl: str, batch: int, python_profile: bool = False) -> dict:
@@ -59,13 +137,13 @@ def profile_step(impl: str, batch: int, python_profile: bool = False) -> dict:
     from ssnbench.models.registry import build_model
 
     model = build_model("ssn", backbone="resnet50", xattn="shared" if impl != "none" else "none",
-                        xattn_impl=impl if impl != "none" else "reference").cuda()
+                        xattn_impl=impl if impl != "none" else "reference").to(DEVICE)
     model = model.to(memory_format=torch.channels_last)
     loss_fn = MultiHeadLoss(head_weights_for("prior", list(model.output_heads)))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    clinic = torch.randn(batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
+    clinic = torch.randn(batch, 3, 224, 224, device=DEVICE).to(memory_format=torch.channels_last)
     derm = torch.randn_like(clinic)
-    labels = torch.stack([torch.randint(0, n, (batch,), device="cuda") for n in (5, 3, 2, 3, 3, 3, 3, 2)], 1)
+    labels = torch.stack([torch.randint(0, n, (batch,), device=DEVICE) for n in (5, 3, 2, 3, 3, 3, 3, 2)], 1)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -76,12 +154,12 @@ def profile_step(impl: str, batch: int, python_profile: bool = False) -> dict:
 
     for _ in range(5):
         step()
-    torch.cuda.synchronize()
+    _sync()
     times = []
     for _ in range(10):
         t0 = time.perf_counter()
         step()
-        torch.cuda.synchronize()
+        _sync()
         times.append((time.perf_counter() - t0) * 1e3)
     if python_profile:  # host time by Python function (Triton's launcher is not an aten op)
         import cProfile
@@ -92,7 +170,7 @@ def profile_step(impl: str, batch: int, python_profile: bool = False) -> dict:
         prof.enable()
         for _ in range(10):
             step()
-        torch.cuda.synchronize()
+        _sync()
         prof.disable()
         text = io.StringIO()
         pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
@@ -102,28 +180,43 @@ def profile_step(impl: str, batch: int, python_profile: bool = False) -> dict:
                                             torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(2):
             step()
-        torch.cuda.synchronize()
+        _sync()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70)
+    # host side: where the CPU time goes (a cudaMalloc or a synchronising call shows up here)
+    table += prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=70)
     return {"impl": impl, "step_ms_median": sorted(times)[len(times) // 2], "step_ms": times, "table": table}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--impls", default="none,sdpa,triton")
+    parser.add_argument("--impls", default="none,sdpa,triton", help="SSN-R50 steps to profile ('' for none)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--out", default=None)
     parser.add_argument("--python-profile", action="store_true",
                         help="cProfile 10 steps (host time per Python function) instead of torch.profiler")
     parser.add_argument("--skip-op-cost", action="store_true")
+    parser.add_argument("--skip-blocks", action="store_true")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cpu":
+        args.impls = ""
+    elif not torch.cuda.is_available():
         print("profile_xattn: no CUDA device; nothing to profile")
         return 0
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
+    result = {"device": name, "torch": torch.__version__,
               "op_host_cost": [] if args.skip_op_cost else op_host_costs(args.batch), "steps": []}
     for row in result["op_host_cost"]:
-        print(json.dumps(row))
-    for impl in args.impls.split(","):
+        print(json.dumps({k: round(v, 1) for k, v in row.items()}))
+    if not args.skip_op_cost:
+        result["op_cprofile"] = op_cprofile(args.batch)
+        print(result["op_cprofile"])
+    result["blocks"] = [] if args.skip_blocks else block_costs(args.batch)
+    for row in result["blocks"]:
+        print(json.dumps({k: round(v, 3) for k, v in row.items()}))
+    for impl in filter(None, args.impls.split(",")):
         rec = profile_step(impl, args.batch, args.python_profile)
         print(f"=== ssn-r50 xattn={impl}: train step median {rec['step_ms_median']:.2f} ms")
         print(rec["table"])

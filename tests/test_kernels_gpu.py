@@ -134,3 +134,23 @@ def _grads(fn, xs):
     loss = fn(*leaves)
     loss.backward()
     return [loss.detach(), *[t.grad for t in leaves]]
+
+
+@pytest.mark.parametrize("L", [49, 196])
+def test_direct_launch_matches_the_jit(L, monkeypatch):
+    """Repeated calls launch the compiled kernels directly (no JIT binding): on fresh inputs every
+    output and gradient equals, bit for bit, what the JIT launch of the same kernel gives."""
+    from ssnbench.kernels import shared_xattn
+
+    monkeypatch.setenv("SSNBENCH_XATTN_BWD_PATH", "general")  # deterministic (no atomics)
+    before = sum(shared_xattn.DIRECT_LAUNCHES.values())
+    for seed in range(3):
+        xs = _inputs(8, 8, L, L + 1, 32, torch.bfloat16, seed=seed)
+        do = tuple(torch.randn(8, 8, n, 32, device="cuda").to(torch.bfloat16) for n in (L, L + 1))
+        monkeypatch.setenv("SSNBENCH_XATTN_DIRECT_LAUNCH", "0")
+        want = _run(shared_cross_attention, xs, do)
+        monkeypatch.setenv("SSNBENCH_XATTN_DIRECT_LAUNCH", "1")
+        got = _run(shared_cross_attention, xs, do)
+        for g, w in zip(got, want, strict=True):
+            assert torch.equal(g, w)
+    assert sum(shared_xattn.DIRECT_LAUNCHES.values()) >= before + 4  # fwd + bwd launches, 2nd+ seeds
