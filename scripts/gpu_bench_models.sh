@@ -79,11 +79,14 @@ COLUMNS=160 run_step "$T_MODELS" "$OUT/models.log" \
 RC_MODELS=$?
 
 # ---- 2. pytest-benchmark cases ------------------------------------------------------------------
-: >"$OUT/pytest_benchmarks.log"
-COLUMNS=160 run_step "$T_PYBENCH" "$OUT/pytest_benchmarks.log" \
-    "$PY" -m pytest -q -p no:cacheprovider -p no:xdist -rs tests/benchmarks "${PYBENCH[@]}"
-RC_PYBENCH=$?
-tail -n 3 "$OUT/pytest_benchmarks.log"
+RC_PYBENCH=0  # T_PYBENCH=0: skipped
+if ((T_PYBENCH > 0)); then
+    : >"$OUT/pytest_benchmarks.log"
+    COLUMNS=160 run_step "$T_PYBENCH" "$OUT/pytest_benchmarks.log" \
+        "$PY" -m pytest -q -p no:cacheprovider -p no:xdist -rs tests/benchmarks "${PYBENCH[@]}"
+    RC_PYBENCH=$?
+    tail -n 3 "$OUT/pytest_benchmarks.log"
+fi
 
 # ---- 3. floors (issue 5; same run, same card) ----------------------------------------------------
 if [[ -f "$WORK/models.json" ]]; then

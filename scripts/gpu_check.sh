@@ -8,16 +8,20 @@
 #   1. carried wheels (.whl/: fvcore, iopath, ...) and `pip install -e .` when not importable
 #   2. GPU-marked kernel tests (bf16/fp16/fp32 vs float64, torch.compile), fixed kernel configs
 #                                                              -> $OUT/kernel_tests.log
-#   3. `ssnbench bench kernels --json`, autotuned, per-config autotune timings in the JSON
-#                                                              -> $OUT/bench_kernels.{log,json}
-#   4. HOOK (model benchmarks, issue 5): `ssnbench bench models` + `pytest tests/benchmarks`
+#   3. scripts/profile_xattn.py: host cost per call (direct launch vs Triton's JIT vs SDPA), the
+#      block per impl at SSN-R50's stage shapes, profiled SSN-R50 steps -> $OUT/profile_xattn.{log,json}
+#   4. model benchmarks (issue 5): `ssnbench bench models` + `pytest tests/benchmarks`
 #                                                              -> $OUT/models.log, $OUT/models.tar.gz,
 #                                                                 $OUT/pytest_benchmarks.log
-#   5. short summary table, printed last                       -> $OUT/summary.txt
-# At most 8 files come back from $OUT: keep it to the ones above.
+#   5. `ssnbench bench kernels --json`, autotuned, per-config autotune timings in the JSON
+#      (BENCH_METHODS picks the rows)                          -> $OUT/bench_kernels.{log,json}
+#   6. short summary table, printed last                       -> $OUT/summary.txt
+# At most 8 files come back from $OUT: the logs are packed into $OUT/logs.tar.gz at the end.
 # Knobs (env): OUT, PY, QUICK=1 (bench --quick), TOTAL (script budget, default 560 s; each step is
-#              cut to what is left), T_TESTS / T_BENCH / T_MODELS / T_PYBENCH (per-step seconds),
-#              SKIP_TESTS=1, SKIP_BENCH=1, SKIP_MODELS=1, MODELS_SUITE, MODELS_BATCH_SIZES, MODELS_ON_CPU=1.
+#              cut to what is left), T_TESTS / T_PROFILE / T_BENCH / T_MODELS / T_PYBENCH (per-step
+#              seconds; T_PYBENCH=0 skips the pytest benchmarks), SKIP_TESTS=1, SKIP_PROFILE=1,
+#              SKIP_BENCH=1, SKIP_MODELS=1, BENCH_METHODS, BENCH_LENGTHS, BENCH_DIMS, MODELS_SUITE,
+#              MODELS_BATCH_SIZES, MODELS_ON_CPU=1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +32,7 @@ if [[ -z "${PY:-}" ]]; then
 fi
 TOTAL="${TOTAL:-560}"        # whole-script budget in seconds (the device call allows 600)
 T_TESTS="${T_TESTS:-170}"
+T_PROFILE="${T_PROFILE:-90}"
 T_BENCH="${T_BENCH:-260}"
 T_MODELS="${T_MODELS:-120}"
 T_PYBENCH="${T_PYBENCH:-90}"
@@ -80,6 +85,13 @@ if ! "$PY" -c "import ssnbench.kernels" 2>/dev/null; then
 fi
 "$PY" -c "import ssnbench.kernels, ssnbench.kernels.flops; print('ssnbench.kernels import ok')" 2>&1 | tee -a "$OUT/env.txt"
 
+# every autotune candidate compiled once, in parallel, into Triton's disk cache: later steps that
+# autotune (profile, models, kernel benchmark) then only time them
+if [[ "$GPU" == 1 ]]; then
+    "$PY" -c "from ssnbench.kernels import shared_xattn as s; print('precompile', s.precompile((32, 64), workers=16))" \
+        2>&1 | tail -n 1 | tee -a "$OUT/env.txt"
+fi
+
 # ---- 2. GPU kernel tests (fixed configs: no autotune compile storm) -----------------------------
 if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
     XDIST=()  # parallel workers: Triton compiles are CPU-bound and the box has 16 cores
@@ -88,12 +100,10 @@ if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
         "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" -m gpu -rs --durations=8 tests/test_kernels_gpu.py
 fi
 
-# ---- 3. kernel benchmark --------------------------------------------------------------------------
-if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
-    BENCH_ARGS=(--json "$OUT/bench_kernels.json")
-    if [[ "${QUICK:-0}" == 1 || "$GPU" != 1 ]]; then BENCH_ARGS+=(--quick); fi
-    COLUMNS=160 step bench_kernels "$T_BENCH" "$OUT/bench_kernels.log" \
-        "$PY" -m ssnbench bench kernels "${BENCH_ARGS[@]}"
+# ---- 3. host-cost profile ------------------------------------------------------------------------
+if [[ "${SKIP_PROFILE:-0}" != 1 && "$GPU" == 1 ]]; then
+    PYTHONUNBUFFERED=1 step profile "$T_PROFILE" "$OUT/profile_xattn.log" \
+        "$PY" scripts/profile_xattn.py --out "$OUT"
 fi
 
 # ---- 4. model benchmarks (issue 5): scripts/gpu_bench_models.sh -------------------------------
@@ -104,12 +114,24 @@ if [[ "${SKIP_MODELS:-0}" != 1 ]]; then
         env OUT="$OUT" PY="$PY" T_MODELS="$T_MODELS" T_PYBENCH="$T_PYBENCH" bash scripts/gpu_bench_models.sh
 fi
 
-# ---- 5. summary (printed last) ---------------------------------------------------------------------
+# ---- 5. kernel benchmark (last: its JSON is rewritten after every shape, a cut run keeps rows) ---
+if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
+    BENCH_ARGS=(--json "$OUT/bench_kernels.json")
+    [[ -n "${BENCH_METHODS:-}" ]] && BENCH_ARGS+=(--methods "$BENCH_METHODS")
+    [[ -n "${BENCH_LENGTHS:-}" ]] && BENCH_ARGS+=(--lengths "$BENCH_LENGTHS")
+    [[ -n "${BENCH_DIMS:-}" ]] && BENCH_ARGS+=(--head-dims "$BENCH_DIMS")
+    if [[ "${QUICK:-0}" == 1 || "$GPU" != 1 ]]; then BENCH_ARGS+=(--quick); fi
+    COLUMNS=160 step bench_kernels "$T_BENCH" "$OUT/bench_kernels.log" \
+        "$PY" -m ssnbench bench kernels "${BENCH_ARGS[@]}"
+fi
+
+# ---- 6. summary (printed last) ---------------------------------------------------------------------
 {
     echo
     echo "================ gpu_check summary ($((SECONDS - START))s, gpu=$GPU) ================"
     for name in "${!STATUS[@]}"; do printf '%-18s rc=%s\n' "$name" "${STATUS[$name]}"; done | sort
     [[ -f "$OUT/kernel_tests.log" ]] && echo "kernel tests: $(grep -E '(passed|failed|error|skipped)' "$OUT/kernel_tests.log" | tail -n 1)"
+    [[ -f "$OUT/profile_xattn.log" ]] && { echo "--- profile (host us per call; blocks; steps)"; grep -E '^\{|^=== ssn' "$OUT/profile_xattn.log"; }
     if [[ -f "$OUT/bench_kernels.json" ]]; then
         "$PY" - "$OUT/bench_kernels.json" <<'EOF'
 import json, sys
@@ -140,5 +162,7 @@ EOF
     fi
     [[ -f "$OUT/models.log" ]] && { echo "--- models (tail)"; tail -n 12 "$OUT/models.log"; }
     [[ -f "$OUT/pytest_benchmarks.log" ]] && echo "pytest benchmarks: $(tail -n 1 "$OUT/pytest_benchmarks.log")"
-    echo "files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
 } 2>&1 | tee "$OUT/summary.txt"
+# at most 8 files come back: pack the logs
+(cd "$OUT" && LOGS=$(ls -- *.log env.txt 2>/dev/null) && [[ -n "$LOGS" ]] && tar czf logs.tar.gz $LOGS && rm -f $LOGS)
+echo "files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -3,6 +3,8 @@
 For the SSN stage shapes (B=32, 8 heads, 3136/784/196/49 tokens, head dims 32 and 64, bf16) it
 times forward and forward+backward of both directions for:
 - fused       our Triton op (one launch forward, one or two backward), autotuned
+- fused_jit   the same, every launch through Triton's JIT (SSNBENCH_XATTN_DIRECT_LAUNCH=0): shows
+              what the direct launch of compiled kernels saves in host time
 - fused_fixed the same kernels with the fixed config table (SSNBENCH_XATTN_AUTOTUNE=0)
 - fused_op    the autotuned kernels called through the torch.library custom op (dispatch overhead)
 - sdpa_2calls torch SDPA once per direction
@@ -32,10 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssnbench.errors import UserError
+
 FWD_FLOORS = {49: 2.5, 196: 1.6, 784: 1.4, 3136: 1.25}  # fused fwd vs SDPA per direction
 FWDBWD_FLOORS = {49: 1.5, 196: 1.5, 784: 1.5, 3136: 1.2}  # fused fwd+bwd vs best PyTorch baseline
 BASELINES = ("sdpa_2calls", "sdpa_batched", "naive", "compiled")
 METHOD_ENV = {
+    "fused_jit": {"SSNBENCH_XATTN_DIRECT_LAUNCH": "0"},  # Triton's JIT launch path on every call
     "fused_fixed": {"SSNBENCH_XATTN_AUTOTUNE": "0"},  # fixed config table instead of autotuned
     "fused_op": {"SSNBENCH_XATTN_CUSTOM_OP": "1"},  # through torch.library dispatch (what compile sees)
 }
@@ -59,6 +64,7 @@ def _methods(gpu: bool) -> dict[str, Callable[[Inputs], Any] | None]:
         from ssnbench.kernels import shared_cross_attention
 
         methods["fused"] = lambda x: shared_cross_attention(*x)
+        methods["fused_jit"] = lambda x: shared_cross_attention(*x)
         # the same op with env toggled around it (see METHOD_ENV)
         methods["fused_fixed"] = lambda x: shared_cross_attention(*x)
         methods["fused_op"] = lambda x: shared_cross_attention(*x)
@@ -246,9 +252,11 @@ def environment() -> dict[str, Any]:
 
 def run(quick: bool = False, device: str | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
-        lengths: Sequence[int] | None = None, dims: Sequence[int] | None = None) -> dict[str, Any]:
+        lengths: Sequence[int] | None = None, dims: Sequence[int] | None = None,
+        methods: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark and return the JSON-able result; `on_progress` gets the partial result
-    after every shape (the CLI rewrites --json then, so a run cut short still leaves its rows)."""
+    after every shape (the CLI rewrites --json then, so a run cut short still leaves its rows).
+    `methods` picks a subset of the rows (default: all available)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device == "cuda"
     if gpu:
@@ -259,7 +267,14 @@ def run(quick: bool = False, device: str | None = None,
         default_lengths, default_dims = ((49,), (32,)) if quick else ((196, 49), (32, 64))
     lengths = tuple(lengths or default_lengths)
     dims = tuple(dims or default_dims)
-    methods = _methods(gpu)
+    available = _methods(gpu)
+    if methods:
+        unknown = sorted(set(methods) - set(available))
+        if unknown:
+            raise ValueError(f"--methods: unknown or unavailable here: {', '.join(unknown)}; "
+                             f"choose from {', '.join(available)}")
+        available = {k: v for k, v in available.items() if k in methods}
+    methods_run = available
     timer = _timer(gpu, quick)
     peaks = _measure_peaks(gpu)
     precompiled = None
@@ -298,7 +313,7 @@ def run(quick: bool = False, device: str | None = None,
 
     for D in dims:
         for L in lengths:
-            rows += _bench_shape(B, H, L, D, dtype, device, methods, timer, peaks)
+            rows += _bench_shape(B, H, L, D, dtype, device, methods_run, timer, peaks)
             if on_progress is not None:
                 on_progress(snapshot(False))
     return snapshot(True)
@@ -364,8 +379,13 @@ def cli(args: argparse.Namespace) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=2, default=str))
 
-    result = run(quick=bool(getattr(args, "quick", False)), on_progress=write,
-                 lengths=getattr(args, "lengths", None), dims=getattr(args, "head_dims", None))
+    methods = getattr(args, "methods", None)
+    try:
+        result = run(quick=bool(getattr(args, "quick", False)), on_progress=write,
+                     lengths=getattr(args, "lengths", None), dims=getattr(args, "head_dims", None),
+                     methods=methods.split(",") if methods else None)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     write(result)
     print_tables(result)
     return 0
