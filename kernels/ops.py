@@ -93,23 +93,26 @@ def _explain(q_c: Tensor, k_c: Tensor, v_c: Tensor, q_d: Tensor, k_d: Tensor, v_
 
 
 def _forward_impl(
-    q_c: Tensor, k_c: Tensor, v_c: Tensor, q_d: Tensor, k_d: Tensor, v_d: Tensor, scale: float
+    q_c: Tensor, k_c: Tensor, v_c: Tensor, q_d: Tensor, k_d: Tensor, v_d: Tensor, scale: float,
+    eager: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`eager`: called by `_EagerFused`, whose LSE rows stay internal (may be flat views)."""
     _check(q_c, k_c, v_c, q_d, k_d, v_d)
     if backend_for(q_c) == "reference":
         o_c, o_d, lse_c, lse_d = reference.shared_cross_attention_reference_with_lse(
             q_c, k_c, v_c, q_d, k_d, v_d, scale
         )
         return o_c.contiguous(), o_d.contiguous(), lse_c.float().contiguous(), lse_d.float().contiguous()
-    return _kernels().forward(q_c, k_c, v_c, q_d, k_d, v_d, scale)
+    return _kernels().forward(q_c, k_c, v_c, q_d, k_d, v_d, scale, flat_lse=eager)
 
 
-def _backward_impl(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """args: do_c, do_d, q_c, k_c, v_c, q_d, k_d, v_d, o_c, o_d, lse_c, lse_d, scale."""
+def _backward_impl(*args: Any, eager: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """args: do_c, do_d, q_c, k_c, v_c, q_d, k_d, v_d, o_c, o_d, lse_c, lse_d, scale. `eager`: the
+    gradients may share one allocation (the registered op must return non-aliasing tensors)."""
     if backend_for(args[2]) == "reference":
         grads = reference.shared_cross_attention_reference_backward(*args)
         return tuple(g.contiguous() for g in grads)  # type: ignore[return-value]
-    return _kernels().backward(*args)
+    return _kernels().backward(*args, carve=eager)
 
 
 @torch.library.custom_op("ssnbench::shared_cross_attention", mutates_args=(), device_types=None)
@@ -188,7 +191,7 @@ class _EagerFused(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q_c: Tensor, k_c: Tensor, v_c: Tensor, q_d: Tensor, k_d: Tensor, v_d: Tensor,
                 scale: float) -> tuple[Tensor, Tensor]:
-        o_c, o_d, lse_c, lse_d = _forward_impl(q_c, k_c, v_c, q_d, k_d, v_d, scale)
+        o_c, o_d, lse_c, lse_d = _forward_impl(q_c, k_c, v_c, q_d, k_d, v_d, scale, eager=True)
         ctx.save_for_backward(q_c, k_c, v_c, q_d, k_d, v_d, o_c, o_d, lse_c, lse_d)
         ctx.scale = scale
         return o_c, o_d

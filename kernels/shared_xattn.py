@@ -614,7 +614,10 @@ def _cast_pair_kernel(Xc, Xd, Yc, Yd, Nc, Nd, BLOCK: tl.constexpr):
 
 
 def _np2(n: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(int(n)))
+    """Next power of two >= max(n, lo). Plain int arithmetic: triton.next_power_of_2 is a
+    constexpr_function in Triton 3.6, several microseconds per call on the hot path."""
+    n = max(int(n), lo)
+    return 1 << (n - 1).bit_length()
 
 
 def _autotune_enabled() -> bool:
@@ -640,6 +643,8 @@ _BWD_CONFIGS = [
         # deeper pipelines of the best D=64 shape (H200 autotune, 2026-11-26) and FA2-tutorial tiles
         (32, 128, 128, 32, 4, 4), (32, 128, 128, 32, 4, 5), (32, 128, 128, 64, 4, 3),
         (64, 128, 128, 32, 4, 3), (16, 128, 128, 16, 4, 3),
+        # around the best D=32 shape at 784 tokens
+        (32, 64, 64, 32, 4, 4), (32, 64, 64, 64, 4, 3), (64, 64, 64, 32, 4, 3),
     ]
 ]
 _ATOMIC_CONFIGS = [
@@ -945,19 +950,24 @@ class _Fixed:
 
 
 def forward(
-    q_c: Tensor, k_c: Tensor, v_c: Tensor, q_d: Tensor, k_d: Tensor, v_d: Tensor, scale: float
+    q_c: Tensor, k_c: Tensor, v_c: Tensor, q_d: Tensor, k_d: Tensor, v_d: Tensor, scale: float,
+    flat_lse: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(o_c, o_d, lse_c, lse_d) in ONE kernel launch; o contiguous, lse fp32 [B, H, L] natural log.
-    Shapes must already agree (ops._check); this is the hot path, kept lean on purpose."""
+    """(o_c, o_d, lse_c, lse_d) in ONE kernel launch; o contiguous, lse fp32 [B, H, L] natural log
+    (with `flat_lse`: flat [B*H*L] views of one allocation, for callers that only hand them to
+    `backward`). Shapes must already agree (ops._check); this is the hot path, kept lean."""
     _check_inputs(q_c, k_c, v_c, q_d, k_d, v_d)
     (q_c, k_c, v_c, q_d, k_d, v_d), strides = _prep_all((q_c, k_c, v_c, q_d, k_d, v_d))
     B, H, Lc, D = q_c.shape
     Ld, Lkc, Lkd = q_d.shape[2], k_c.shape[2], k_d.shape[2]
-    dev, dt = q_c.device, q_c.dtype
-    o_c = torch.empty((B, H, Lc, D), device=dev, dtype=dt)
-    o_d = torch.empty((B, H, Ld, D), device=dev, dtype=dt)
-    lse_c = torch.empty((B, H, Lc), device=dev, dtype=torch.float32)
-    lse_d = torch.empty((B, H, Ld), device=dev, dtype=torch.float32)
+    dt = q_c.dtype
+    o_c = q_c.new_empty((B, H, Lc, D))
+    o_d = q_d.new_empty((B, H, Ld, D))
+    if flat_lse:
+        lse_c, lse_d = q_c.new_empty(B * H * (Lc + Ld), dtype=torch.float32).split((B * H * Lc, B * H * Ld))
+    else:
+        lse_c = q_c.new_empty((B, H, Lc), dtype=torch.float32)
+        lse_d = q_d.new_empty((B, H, Ld), dtype=torch.float32)
     if B * H == 0 or Lc + Ld == 0:
         return o_c, o_d, lse_c, lse_d
     if Lkc == 0 or Lkd == 0:
@@ -976,6 +986,22 @@ def forward(
     return o_c, o_d, lse_c, lse_d
 
 
+def _alloc_grads(q_c: Tensor, k_c: Tensor, q_d: Tensor, k_d: Tensor, carve: bool) -> list[Tensor]:
+    """dq_c, dk_c, dv_c, dq_d, dk_d, dv_d, contiguous. With `carve` they are views of as few
+    allocations as the shapes allow (each CUDA allocation costs ~10 us of host time on the lent
+    H200's host, more than the kernels of the small SSN stages take); the custom op must return
+    tensors that do not alias each other, so it passes carve=False."""
+    sq_c, sk_c, sq_d, sk_d = q_c.shape, k_c.shape, q_d.shape, k_d.shape
+    if not carve:
+        pass
+    elif sq_c == sk_c == sq_d == sk_d:
+        return list(q_c.new_empty((6, *sq_c)).unbind(0))
+    elif sq_c == sk_c and sq_d == sk_d:
+        return [*q_c.new_empty((3, *sq_c)).unbind(0), *q_d.new_empty((3, *sq_d)).unbind(0)]
+    return [q_c.new_empty(sq_c), k_c.new_empty(sk_c), k_c.new_empty(sk_c),
+            q_d.new_empty(sq_d), k_d.new_empty(sk_d), k_d.new_empty(sk_d)]
+
+
 def backward(
     do_c: Tensor,
     do_d: Tensor,
@@ -991,11 +1017,14 @@ def backward(
     lse_d: Tensor,
     scale: float,
     path: str | None = None,
+    carve: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dq_c, dk_c, dv_c, dq_d, dk_d, dv_d), contiguous. `path` forces 'small' (one fused launch,
-    <= 64 tokens) or 'general' (preprocess + one dK/dV/dQ launch); default picks by token count."""
-    _check_inputs(q_c, k_c, v_c, q_d, k_d, v_d)
+    <= 64 tokens) or 'general' (preprocess + one dK/dV/dQ launch); default picks by token count.
+    `carve`: the gradients may be views of one allocation (see `_alloc_grads`)."""
     dt = q_c.dtype
+    if dt not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"shared_cross_attention kernels support fp16/bf16/fp32, got {dt}")
     if do_c.dtype != dt:
         do_c = do_c.to(dt)
     if do_d.dtype != dt:
@@ -1011,7 +1040,7 @@ def backward(
     B, H, Lc, D = q_c.shape
     Ld, Lkc, Lkd = q_d.shape[2], k_c.shape[2], k_d.shape[2]
     dev = q_c.device
-    grads = [torch.empty(t.shape, device=dev, dtype=dt) for t in ins[:6]]
+    grads = _alloc_grads(q_c, k_c, q_d, k_d, carve)
     dq_c, dk_c, dv_c, dq_d, dk_d, dv_d = grads
     if B * H == 0 or Lc + Ld == 0:
         for g in grads:
@@ -1039,8 +1068,9 @@ def backward(
     if path not in (None, "general", "atomic"):
         raise ValueError(f"unknown backward path {path!r}; expected 'small', 'general' or 'atomic'")
 
-    delta_c = torch.empty_like(lse_c)
-    delta_d = torch.empty_like(lse_d)
+    delta_c, delta_d = torch.empty(lse_c.numel() + lse_d.numel(), device=dev).split(
+        (lse_c.numel(), lse_d.numel())
+    )
     fp32_out = dt == torch.float32
     pre_block = 64 if not INTERPRET else 16
     pre_spec = int_spec(strides[-6:], H)

@@ -20,7 +20,7 @@
 # Knobs (env): OUT, PY, QUICK=1 (bench --quick), TOTAL (script budget, default 560 s; each step is
 #              cut to what is left), T_TESTS / T_PROFILE / T_BENCH / T_MODELS / T_PYBENCH (per-step
 #              seconds; T_PYBENCH=0 skips the pytest benchmarks), SKIP_TESTS=1, SKIP_PROFILE=1,
-#              SKIP_BENCH=1, SKIP_MODELS=1, BENCH_METHODS, BENCH_LENGTHS, BENCH_DIMS, MODELS_SUITE,
+#              SKIP_BENCH=1, SKIP_MODELS=1, PROFILE_ARGS (extra profile_xattn.py options), BENCH_METHODS, BENCH_LENGTHS, BENCH_DIMS, MODELS_SUITE,
 #              MODELS_BATCH_SIZES, MODELS_ON_CPU=1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -103,7 +103,7 @@ fi
 # ---- 3. host-cost profile ------------------------------------------------------------------------
 if [[ "${SKIP_PROFILE:-0}" != 1 && "$GPU" == 1 ]]; then
     PYTHONUNBUFFERED=1 step profile "$T_PROFILE" "$OUT/profile_xattn.log" \
-        "$PY" scripts/profile_xattn.py --out "$OUT"
+        "$PY" scripts/profile_xattn.py --out "$OUT" ${PROFILE_ARGS:-}
 fi
 
 # ---- 4. model benchmarks (issue 5): scripts/gpu_bench_models.sh -------------------------------

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 
 DEVICE = "cuda"
+STEPS = 10  # timed training steps per impl (--steps)
+TORCH_PROFILE = True
 
 
 def _sync() -> None:
@@ -132,7 +134,58 @@ def op_cprofile(batch: int, L: int = 49) -> str:
     return text.getvalue()
 
 
+class _IdentityPyNode(torch.autograd.Function):
+    """A Python autograd node that does nothing: isolates what any Python backward costs in a step."""
+
+    @staticmethod
+    def forward(ctx, *xs):
+        return tuple(x.view_as(x) for x in xs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return grads
+
+
+def _with_pynode(core):
+    def wrapped(impl, *qkv):
+        return core(impl, *_IdentityPyNode.apply(*qkv))
+
+    return wrapped
+
+
+#: Step variants beyond the block impls: what a no-op Python autograd node around the sdpa core
+#: costs, and the triton core through Triton's JIT launch or the registered custom op.
+VARIANTS = {
+    "sdpa_pynode": ("sdpa", {}),
+    "triton_jit": ("triton", {"SSNBENCH_XATTN_DIRECT_LAUNCH": "0"}),
+    "triton_op": ("triton", {"SSNBENCH_XATTN_CUSTOM_OP": "1"}),
+}
+
+
 def profile_step(impl: str, batch: int, python_profile: bool = False) -> dict:
+    """Time SSN-R50 training steps with cross-attention `impl` (or a VARIANTS entry)."""
+    import ssnbench.models.cross_attention as xattn_module
+
+    core, env = xattn_module.attention_core, {}
+    if impl in VARIANTS:
+        base, env = VARIANTS[impl]
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        if impl == "sdpa_pynode":
+            xattn_module.attention_core = _with_pynode(core)
+        try:
+            return {**profile_step(base, batch, python_profile), "impl": impl}
+        finally:
+            xattn_module.attention_core = core
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return _profile_step(impl, batch, python_profile)
+
+
+def _profile_step(impl: str, batch: int, python_profile: bool) -> dict:
     from ssnbench.losses import MultiHeadLoss, head_weights_for
     from ssnbench.models.registry import build_model
 
@@ -156,7 +209,7 @@ def profile_step(impl: str, batch: int, python_profile: bool = False) -> dict:
         step()
     _sync()
     times = []
-    for _ in range(10):
+    for _ in range(STEPS):
         t0 = time.perf_counter()
         step()
         _sync()
@@ -176,6 +229,8 @@ def profile_step(impl: str, batch: int, python_profile: bool = False) -> dict:
         pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
         return {"impl": impl, "step_ms_median": sorted(times)[len(times) // 2], "step_ms": times,
                 "table": text.getvalue()}
+    if not TORCH_PROFILE:
+        return {"impl": impl, "step_ms_median": sorted(times)[len(times) // 2], "step_ms": times, "table": ""}
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                             torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(2):
@@ -189,7 +244,8 @@ def profile_step(impl: str, batch: int, python_profile: bool = False) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--impls", default="none,sdpa,triton", help="SSN-R50 steps to profile ('' for none)")
+    parser.add_argument("--impls", default="none,sdpa,triton",
+                        help="SSN-R50 steps to profile ('' for none); also " + ", ".join(VARIANTS))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--out", default=None)
     parser.add_argument("--python-profile", action="store_true",
@@ -197,9 +253,11 @@ def main() -> int:
     parser.add_argument("--skip-op-cost", action="store_true")
     parser.add_argument("--skip-blocks", action="store_true")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per impl")
+    parser.add_argument("--no-torch-profile", action="store_true", help="time the steps only")
     args = parser.parse_args()
-    global DEVICE
-    DEVICE = args.device
+    global DEVICE, STEPS, TORCH_PROFILE
+    DEVICE, STEPS, TORCH_PROFILE = args.device, args.steps, not args.no_torch_profile
     if DEVICE == "cpu":
         args.impls = ""
     elif not torch.cuda.is_available():
@@ -218,7 +276,8 @@ def main() -> int:
         print(json.dumps({k: round(v, 3) for k, v in row.items()}))
     for impl in filter(None, args.impls.split(",")):
         rec = profile_step(impl, args.batch, args.python_profile)
-        print(f"=== ssn-r50 xattn={impl}: train step median {rec['step_ms_median']:.2f} ms")
+        med, low = rec["step_ms_median"], min(rec["step_ms"])
+        print(f"=== ssn-r50 xattn={impl}: train step median {med:.2f} ms, min {low:.2f} ms")
         print(rec["table"])
         result["steps"].append(rec)
     if args.out:
