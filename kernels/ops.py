@@ -226,4 +226,9 @@ def shared_cross_attention(
     if _use_registered_op(q_c):
         o_c, o_d, _, _ = torch.ops.ssnbench.shared_cross_attention(q_c, k_c, v_c, q_d, k_d, v_d, s)
         return o_c, o_d
+    if not (torch.is_grad_enabled() and (q_c.requires_grad or k_c.requires_grad or v_c.requires_grad
+                                         or q_d.requires_grad or k_d.requires_grad or v_d.requires_grad)):
+        # nothing to differentiate (inference, no_grad): skip the autograd.Function's host cost
+        o_c, o_d, _, _ = _forward_impl(q_c, k_c, v_c, q_d, k_d, v_d, s, eager=True)
+        return o_c, o_d
     return _EagerFused.apply(q_c, k_c, v_c, q_d, k_d, v_d, s)

@@ -832,7 +832,7 @@ def _hooks_idle() -> bool:
 
 
 def _current_device() -> int:
-    return torch.cuda.current_device()
+    return torch._C._cuda_getDevice()  # torch.cuda.current_device() minus its Python wrapper
 
 
 def _current_stream(device: int) -> int:

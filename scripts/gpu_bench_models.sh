@@ -18,7 +18,7 @@
 # Without CUDA (or with SMOKE=1) it runs a tiny CPU smoke so the script itself stays tested:
 # ResNet-18 at 64 px, B=2, one timed step, and the pytest cases once with --benchmark-disable.
 # Knobs (env): OUT, PY, MODELS_SUITE, MODELS_BATCH_SIZES, T_MODELS, T_PYBENCH (seconds), SMOKE=1,
-#              MODELS_ON_CPU=1 (the real suite on CPU: slow, minutes per model).
+#              MODELS_ON_CPU=1 (the real suite on CPU: slow, minutes per model), MODELS_ROUNDS (--rounds).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,6 +56,7 @@ models:  # the names of suites/bench_gpu.yaml, so the floors code runs end to en
   - {name: ssn-r50-xattn-triton, arch: ssn, options: {xattn: shared, xattn_impl: triton}}
   - {name: ssn-r50-xattn-sdpa, arch: ssn, options: {xattn: shared, xattn_impl: sdpa}}
   - {name: dual-r50, arch: dual, options: {xattn: none}}
+  - {name: dual-r50-xattn, arch: dual, options: {xattn: separate, xattn_impl: triton}}
 EOF
     fi
     PYBENCH=(--benchmark-disable)
@@ -75,7 +76,7 @@ run_step() {  # run_step LIMIT LOGFILE CMD...: time-limited, logged, rc printed
 : >"$OUT/models.log"
 COLUMNS=160 run_step "$T_MODELS" "$OUT/models.log" \
     "$PY" -m ssnbench bench models --suite "$SUITE" --device "$DEVICE" --batch-sizes "$BATCHES" \
-    --out "$WORK" --json "$WORK/models.json"
+    --out "$WORK" --json "$WORK/models.json" --rounds "${MODELS_ROUNDS:-1}"
 RC_MODELS=$?
 
 # ---- 2. pytest-benchmark cases ------------------------------------------------------------------
@@ -102,7 +103,8 @@ for b in sorted({k[1] for k in rows}):
     get = lambda name, col: (rows.get((name, b)) or {}).get(col)  # noqa: E731
     ssn, trit, sdpa, dual = (get(n, "train_samples_per_sec") for n in
                              ("ssn-r50", "ssn-r50-xattn-triton", "ssn-r50-xattn-sdpa", "dual-r50"))
-    mem = {n: get(n, "train_peak_memory_mb") for n in ("ssn-r50", "ssn-r50-xattn-triton", "dual-r50")}
+    mem = {n: get(n, "train_peak_memory_mb") for n in ("ssn-r50", "ssn-r50-xattn-triton", "dual-r50",
+                                                        "dual-r50-xattn")}
 
     def line(text, ok):
         mark = "-" if ok is None else ("ok" if ok else "MISS")
@@ -115,10 +117,11 @@ for b in sorted({k[1] for k in rows}):
          else "xattn triton cost: missing", (1 - trit / ssn <= 0.15) if have(trit, ssn) else None)
     line(f"triton {trit} vs sdpa {sdpa} train img/s: x{trit / sdpa:.2f} (> 1)" if have(trit, sdpa)
          else "triton vs sdpa: missing", (trit > sdpa) if have(trit, sdpa) else None)
-    for name in ("ssn-r50", "ssn-r50-xattn-triton"):
-        m, d = mem[name], mem["dual-r50"]
-        line(f"{name} peak train {m} MiB vs dual {d} MiB (<=)" if have(m, d) else f"{name} memory: missing",
-             (m <= d) if have(m, d) else None)
+    for name, other in (("ssn-r50", "dual-r50"), ("ssn-r50-xattn-triton", "dual-r50"),
+                        ("ssn-r50-xattn-triton", "dual-r50-xattn")):
+        m, d = mem[name], mem[other]
+        line(f"{name} peak train {m} MiB vs {other} {d} MiB (<=)" if have(m, d)
+             else f"{name} vs {other} memory: missing", (m <= d) if have(m, d) else None)
 for r in data["rows"]:
     if r.get("error"):
         print(f"  note {r['model']} B={r['train_batch_size']}: {r['error']}")

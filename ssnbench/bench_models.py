@@ -15,6 +15,7 @@ import json
 import math
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -33,7 +34,8 @@ COLUMNS = (
     "model", "arch", "options", "param_count", "params", "params_encoder", "params_cross_attention",
     "params_heads", "infer_gmacs", "modalities",
     *(f"infer_{m}" for m in METRICS), *(f"train_{m}" for m in METRICS),
-    "train_speedup_vs_reference", "memory_kind", "amp", "channels_last", "error",
+    "train_speedup_vs_reference", "rounds", "infer_rounds_spread", "train_rounds_spread",
+    "memory_kind", "amp", "channels_last", "error",
 )
 UNITS = {
     "param_count": "millions of parameters (shared weights counted once)",
@@ -159,6 +161,56 @@ def bench_model(name: str, arch: str, options: dict[str, Any], model: torch.nn.M
     return rows
 
 
+def _bench_rounds(specs: Sequence[Any], rounds: int, image_size: int, batch_sizes: Sequence[int],
+                  device: torch.device, amp: bool, channels_last: bool, warmup: int, iters: int,
+                  log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every model measured `rounds` times, round-robin, the order rotated each round; per model the
+    median over rounds. Why: on a host-bound GPU box the host's speed drifts by ~20% within minutes,
+    so models measured minutes apart are not comparable; interleaved rounds spread that drift over
+    all of them. Models stay built on their home device between rounds (measure_throughput moves
+    them to the device and back), so peak memory still counts one model at a time."""
+    built = [(spec, _build(spec.arch, dict(spec.options))) for spec in specs]
+    per_model: dict[str, list[list[dict[str, Any]]]] = {spec.name: [] for spec in specs}
+    for r in range(rounds):
+        shift = r % len(built)
+        for spec, model in built[shift:] + built[:shift]:
+            log(f"round {r + 1}/{rounds}")
+            per_model[spec.name].append(
+                bench_model(spec.name, spec.arch, dict(spec.options), model, image_size, batch_sizes, device,
+                            amp, channels_last, warmup, iters, gmacs=r == 0, log=log)
+            )
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    rows = []
+    for spec, _ in built:
+        runs = per_model[spec.name]  # [round][batch] rows
+        for b in range(len(batch_sizes)):
+            rows.append(combine_rounds([run[b] for run in runs]))
+    return rows
+
+
+def combine_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the same measurement repeated in rounds: medians of throughput and step time,
+    the spread of the per-round throughputs (max - min) and the largest peak memory."""
+    row = dict(runs[0])  # params, GMACs (counted in round 1), batch, options
+    row["rounds"] = len(runs)
+    for mode in ("infer", "train"):
+        bad = [r for r in runs if r.get(f"{mode}_status") != "ok"]
+        if bad:
+            row.update({k: v for k, v in bad[0].items() if k.startswith(f"{mode}_")})
+            continue
+        speeds = [r[f"{mode}_samples_per_sec"] for r in runs]
+        row[f"{mode}_samples_per_sec"] = _round(statistics.median(speeds), 2)
+        row[f"{mode}_step_time"] = _round(statistics.median(r[f"{mode}_step_time"] for r in runs), 3)
+        row[f"{mode}_round_samples_per_sec"] = speeds
+        row[f"{mode}_rounds_spread"] = _round(max(speeds) - min(speeds), 2)
+        peaks = [r[f"{mode}_peak_memory_mb"] for r in runs if r.get(f"{mode}_peak_memory_mb") is not None]
+        row[f"{mode}_peak_memory_mb"] = max(peaks) if peaks else None
+    errors = sorted({r["error"] for r in runs if r.get("error")})
+    row["error"] = "; ".join(errors) or None
+    return row
+
+
 def _round(value: float | None, digits: int) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(value, digits)
 
@@ -217,6 +269,9 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], suite: str, refere
         "- ms: median step time (synchronised, after warm-up); IQR in brackets. A training step is "
         "forward + loss + backward + AdamW step.",
         f"- peak memory: {UNITS['peak_memory_mb']} ({first.get('memory_kind', '-')}).",
+        *([f"- rounds: every model measured {first['rounds']} times round-robin (order rotated each "
+           "round); img/s and ms are medians over rounds, peak memory the largest."]
+          if first.get("rounds", 1) > 1 else []),
         f"- precision: {first.get('amp') or 'fp32'}, channels_last: {first.get('channels_last', '-')}; "
         f"train vs ref: train img/s over `{reference}`'s at the same B.",
         "",
@@ -295,14 +350,19 @@ def cli(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
-    rows: list[dict[str, Any]] = []
-    for spec in suite.models:
-        model = _build(spec.arch, dict(spec.options))
-        rows += bench_model(spec.name, spec.arch, dict(spec.options), model, image_size, args.batch_sizes,
-                            device, amp, channels_last, warmup, iters, log=log)
-        del model
-        if on_cuda:
-            torch.cuda.empty_cache()
+    rounds = max(1, int(getattr(args, "rounds", 1) or 1))
+    if rounds == 1:
+        rows: list[dict[str, Any]] = []
+        for spec in suite.models:
+            model = _build(spec.arch, dict(spec.options))
+            rows += bench_model(spec.name, spec.arch, dict(spec.options), model, image_size, args.batch_sizes,
+                                device, amp, channels_last, warmup, iters, log=log)
+            del model
+            if on_cuda:
+                torch.cuda.empty_cache()
+    else:
+        rows = _bench_rounds(suite.models, rounds, image_size, args.batch_sizes, device, amp, channels_last,
+                             warmup, iters, log)
     reference = getattr(suite, "reference", None) or suite.models[0].name
     add_relative(rows, reference)
     out_dir = Path(args.out) if args.out else Path("results") / "bench" / suite.name

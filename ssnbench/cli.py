@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     models.add_argument("--json", default=None, metavar="PATH", help="also write results as JSON")
     models.add_argument("--out", default=None, help="folder for the CSV/JSON/Markdown tables")
+    models.add_argument("--rounds", type=_positive_int, default=1,
+                        help="measure every model this many times, round-robin; report medians")
     _command(models, "ssnbench.bench_models:cli")
     return parser
 

@@ -139,3 +139,31 @@ def test_cli_on_a_real_tiny_suite(tmp_path: Path) -> None:
     assert row["infer_status"] == row["train_status"] == "ok"
     assert row["infer_gmacs"] > 0 and row["params_cross_attention"] > 0
     assert row["params"] == row["params_encoder"] + row["params_cross_attention"] + row["params_heads"]
+
+
+def test_rounds_interleave_models_and_take_medians(fake_suite: None, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """--rounds N measures every model N times, the order rotated each round, and reports medians."""
+    order: list[str] = []
+    speeds = iter([10.0, 20.0, 30.0, 40.0, 11.0, 21.0, 31.0, 41.0, 12.0, 22.0, 32.0, 42.0])
+
+    def fake_measure(model, batch, image_size, device, train, **kw):
+        order.append(f"{model.head.in_features}-{'train' if train else 'infer'}")
+        return {"status": "ok", "samples_per_sec": next(speeds), "step_time_ms": 1.0,
+                "step_time_spread_ms": 0.0, "peak_memory_mb": 5.0 + len(order), "modalities": 2}
+
+    monkeypatch.setattr(bench_models.profiling, "measure_throughput", fake_measure)
+    code = main(["bench", "models", "--suite", "x.yaml", "--batch-sizes", "1", "--device", "cpu",
+                 "--out", str(tmp_path), "--json", str(tmp_path / "r.json"), "--rounds", "3"])
+    assert code == 0
+    # width 4 is toy-a, 8 is toy-b: a,b then b,a then a,b
+    assert [o.split("-")[0] for o in order[::2]] == ["4", "8", "8", "4", "4", "8"]
+    rows = {r["model"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
+    a, b = rows["toy-a"], rows["toy-b"]
+    assert a["rounds"] == 3
+    assert a["infer_round_samples_per_sec"] == [10.0, 31.0, 12.0] and a["infer_samples_per_sec"] == 12.0
+    assert b["train_round_samples_per_sec"] == [40.0, 21.0, 42.0] and b["train_samples_per_sec"] == 40.0
+    assert b["train_rounds_spread"] == 21.0
+    assert a["train_peak_memory_mb"] == 5.0 + 10  # the largest of its rounds (10th measurement)
+    md = next(tmp_path.glob("bench_models_tiny_*.md")).read_text()
+    assert "round-robin" in md

@@ -383,3 +383,16 @@ def test_tiny_ssn_training_triton_matches_reference():
             opt.step()
             losses[impl].append(loss.item())
     torch.testing.assert_close(losses["triton"], losses["reference"], atol=1e-4, rtol=1e-4)
+
+
+def test_no_grad_call_skips_autograd_but_not_the_kernel():
+    """Inference calls take the kernels directly (no autograd.Function): same outputs, one launch."""
+    xs = _inputs(1, 2, 19, 23, 16, torch.float32, seed=3)
+    want = [o.detach() for o in shared_cross_attention(*[t.clone().requires_grad_() for t in xs])]
+    before = _sx().LAUNCHES["fwd"]
+    with torch.no_grad():
+        got = shared_cross_attention(*xs)
+    assert _sx().LAUNCHES["fwd"] == before + 1
+    assert all(g.grad_fn is None and not g.requires_grad for g in got)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=0, rtol=0)
