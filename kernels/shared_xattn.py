@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+from functools import partial
 from typing import Any
 
 import torch
@@ -748,7 +749,7 @@ def int_spec(strides: list[int], H: int) -> tuple[bool, bool] | None:
     strides are not all multiples of 16 (then every launch goes through the JIT).
 
     The token counts are `do_not_specialize` (they only differ in i32/i64, and all our integers are
-    below 2**31: `_check_sizes`); each stride is specialised on ==1 and %16, which all strides
+    below 2**31: `_check_inputs`); each stride is specialised on ==1 and %16, which all strides
     divisible by 16 settle at once (gcd); H on ==1 and %16."""
     if math.gcd(*strides) % 16 or max(strides) > _I32_MAX:
         return None
@@ -777,9 +778,8 @@ def _launch(name: str, kernel: Any, grid: Any, tensors: tuple, scalars: tuple, m
     first launch of a (kernel, shape key, config, specialisation) goes through the JIT and keeps the
     compiled kernel; later ones call its launcher directly. The specialisation is everything Triton
     keys a compiled kernel on: dtypes and constexprs (fixed by `name` and `key`), 16-byte alignment
-    of every pointer (checked here with one OR of the addresses; any misaligned pointer takes the
-    JIT) and the integer flags of `int_spec` (None: always the JIT).
-    SSNBENCH_XATTN_DIRECT_LAUNCH=0 turns this off.
+    of every pointer (`_aligned`; any misaligned pointer takes the JIT) and the integer flags of
+    `int_spec` (None: always the JIT). SSNBENCH_XATTN_DIRECT_LAUNCH=0 turns this off.
     """
     if _WARMUP_ONLY is not None:  # precompile(): compile the requested configs, launch nothing
         for cfg in _WARMUP_ONLY.get(name, ()):
@@ -797,14 +797,8 @@ def _launch(name: str, kernel: Any, grid: Any, tensors: tuple, scalars: tuple, m
             return
     else:
         cfg = fixed()
-    if spec is None or not _direct_enabled() or not _hooks_idle():
-        kernel[grid(cfg)](*tensors, *scalars, **meta, **cfg)
-        return
-    ptrs = 0
-    for t in tensors:
-        ptrs |= t.data_ptr()
     g = grid(cfg)
-    if ptrs & 15:  # some pointer not 16-byte aligned: which one matters to Triton, so JIT always
+    if spec is None or not _direct_enabled() or not _hooks_idle() or not _aligned(tensors):
         kernel[g](*tensors, *scalars, **meta, **cfg)
         return
     device = _current_device()
@@ -821,6 +815,15 @@ def _launch(name: str, kernel: Any, grid: Any, tensors: tuple, scalars: tuple, m
     stream = _current_stream(device)
     run(g[0], g[1], g[2], stream, function, packed, None, None, None, *tensors, *scalars, *tail)
     DIRECT_LAUNCHES[name] += 1
+
+
+def _aligned(tensors: tuple) -> bool:
+    """Every pointer 16-byte aligned. If one is not, which one matters to Triton's specialisation,
+    so such launches always take the JIT."""
+    ptrs = 0
+    for t in tensors:
+        ptrs |= t.data_ptr()
+    return not ptrs & 15
 
 
 def _hooks_idle() -> bool:
@@ -907,10 +910,6 @@ def _prep_all(ts: tuple[Tensor, ...]) -> tuple[list[Tensor], list[int]]:
     return out, strides
 
 
-def _strides(*ts: Tensor) -> list[int]:
-    return [s for t in ts for s in t.stride()[:3]]
-
-
 def _dot_prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -935,18 +934,6 @@ def _check_inputs(*ts: Tensor) -> None:
         raise ValueError("shared_cross_attention kernels support < 2**31 elements per tensor")
     if q.shape[-1] > 256:
         raise ValueError(f"head dim {q.shape[-1]} > 256 is not supported by the Triton kernels")
-
-
-class _Fixed:
-    """The fixed config of a launch, computed only when autotuning is off (lazy: saves host time)."""
-
-    __slots__ = ("args", "fn")
-
-    def __init__(self, fn: Any, *args: Any) -> None:
-        self.fn, self.args = fn, args
-
-    def __call__(self) -> dict[str, Any]:
-        return self.fn(*self.args)
 
 
 def forward(
@@ -980,7 +967,7 @@ def forward(
         "fwd", _fwd_kernel, lambda m: ((lq + m["BLOCK_M"] - 1) // m["BLOCK_M"], B * H, 2),
         (q_c, k_c, v_c, q_d, k_d, v_d, o_c, o_d, lse_c, lse_d),
         (*strides, H, Lc, Lkc, Ld, Lkd, scale * LOG2E),
-        _meta(D, dt), (Lc, Lkc, Ld, Lkd, D, dt), _Fixed(_fixed_fwd, lq, max(Lkc, Lkd), D, dt),
+        _meta(D, dt), (Lc, Lkc, Ld, Lkd, D, dt), partial(_fixed_fwd, lq, max(Lkc, Lkd), D, dt),
         int_spec(strides, H),
     )
     return o_c, o_d, lse_c, lse_d
@@ -992,11 +979,9 @@ def _alloc_grads(q_c: Tensor, k_c: Tensor, q_d: Tensor, k_d: Tensor, carve: bool
     H200's host, more than the kernels of the small SSN stages take); the custom op must return
     tensors that do not alias each other, so it passes carve=False."""
     sq_c, sk_c, sq_d, sk_d = q_c.shape, k_c.shape, q_d.shape, k_d.shape
-    if not carve:
-        pass
-    elif sq_c == sk_c == sq_d == sk_d:
+    if carve and sq_c == sk_c == sq_d == sk_d:
         return list(q_c.new_empty((6, *sq_c)).unbind(0))
-    elif sq_c == sk_c and sq_d == sk_d:
+    if carve and sq_c == sk_c and sq_d == sk_d:
         return [*q_c.new_empty((3, *sq_c)).unbind(0), *q_d.new_empty((3, *sq_d)).unbind(0)]
     return [q_c.new_empty(sq_c), k_c.new_empty(sk_c), k_c.new_empty(sk_c),
             q_d.new_empty(sq_d), k_d.new_empty(sk_d), k_d.new_empty(sk_d)]
@@ -1100,7 +1085,7 @@ def backward(
             _launch(
                 "bwd", _bwd_kernel, grid,
                 (q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, lse_c, lse_d, delta_c, delta_d, *grads), common,
-                meta, key, _Fixed(_fixed_bwd, lq, lk, D), spec,
+                meta, key, partial(_fixed_bwd, lq, lk, D), spec,
             )
             return
         LAUNCHES["bwd_atomic"] += 1
@@ -1108,7 +1093,7 @@ def backward(
             "bwd_atomic", _bwd_atomic_kernel, lambda m: (triton.cdiv(lk, m["BLOCK_N"]), B * H, 2),
             (q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, lse_c, lse_d, delta_c, delta_d,
              dqa_c, dk_c, dv_c, dqa_d, dk_d, dv_d), common,
-            meta, key, _Fixed(_fixed_atomic, lq, lk, D), spec,
+            meta, key, partial(_fixed_atomic, lq, lk, D), spec,
         )
         if not fp32_out:
             LAUNCHES["bwd_cast"] += 1

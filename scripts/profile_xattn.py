@@ -20,6 +20,7 @@ import json
 import os
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -46,10 +47,6 @@ def host_cost_us(fn, calls: int = 200) -> float:
     return host
 
 
-def _direct(on: bool) -> None:
-    os.environ["SSNBENCH_XATTN_DIRECT_LAUNCH"] = "1" if on else "0"
-
-
 def op_host_costs(batch: int) -> list[dict]:
     """Host µs per call of the fused op (direct launch on and off) and of SDPA, per SSN stage shape."""
     import torch.nn.functional as F
@@ -65,12 +62,12 @@ def op_host_costs(batch: int) -> list[dict]:
         row = {"L": L}
         variants = (("fused", fused, True), ("fused_jit", fused, False), ("sdpa_2calls", sdpa, True))
         for name, fn, direct in variants:
-            _direct(direct)
-            with torch.no_grad():
-                row[f"{name}_fwd_host_us"] = host_cost_us(fn)
-            g = [torch.randn_like(o) for o in fn()]
-            row[f"{name}_fwdbwd_host_us"] = host_cost_us(lambda fn=fn, g=g: torch.autograd.backward(fn(), g))
-        _direct(True)
+            with mock.patch.dict(os.environ, {"SSNBENCH_XATTN_DIRECT_LAUNCH": "1" if direct else "0"}):
+                with torch.no_grad():
+                    row[f"{name}_fwd_host_us"] = host_cost_us(fn)
+                g = [torch.randn_like(o) for o in fn()]
+                row[f"{name}_fwdbwd_host_us"] = host_cost_us(
+                    lambda fn=fn, g=g: torch.autograd.backward(fn(), g))
         rows.append(row)
     return rows
 
@@ -166,23 +163,17 @@ def profile_step(impl: str, batch: int, python_profile: bool = False) -> dict:
     """Time SSN-R50 training steps with cross-attention `impl` (or a VARIANTS entry)."""
     import ssnbench.models.cross_attention as xattn_module
 
-    core, env = xattn_module.attention_core, {}
-    if impl in VARIANTS:
-        base, env = VARIANTS[impl]
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        if impl == "sdpa_pynode":
-            xattn_module.attention_core = _with_pynode(core)
-        try:
-            return {**profile_step(base, batch, python_profile), "impl": impl}
-        finally:
-            xattn_module.attention_core = core
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-    return _profile_step(impl, batch, python_profile)
+    if impl not in VARIANTS:
+        return _profile_step(impl, batch, python_profile)
+    base, env = VARIANTS[impl]
+    core = xattn_module.attention_core
+    if impl == "sdpa_pynode":
+        xattn_module.attention_core = _with_pynode(core)
+    try:
+        with mock.patch.dict(os.environ, env):
+            return {**_profile_step(base, batch, python_profile), "impl": impl}
+    finally:
+        xattn_module.attention_core = core
 
 
 def _profile_step(impl: str, batch: int, python_profile: bool) -> dict:

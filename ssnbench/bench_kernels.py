@@ -29,6 +29,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -159,9 +160,8 @@ def _bench_shape(
         else:
             leaves = x
             call = lambda fn=fn: fn(x)
-        env = METHOD_ENV.get(name, {})
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
+        env = mock.patch.dict(os.environ, METHOD_ENV.get(name, {}))
+        env.start()
         try:
             outs = call()
             grads = [torch.randn_like(o) for o in outs]
@@ -186,11 +186,7 @@ def _bench_shape(
         except Exception as err:  # a baseline failing must not hide the others
             row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
         finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            env.stop()
             for t in leaves:
                 t.grad = None
             if gpu:
