@@ -287,6 +287,15 @@ def auto_kv_reduction(grid: tuple[int, int], budget: int = KV_TOKEN_BUDGET) -> i
     return r
 
 
+def _apply_stacked(block: nn.Module, m: Tensor, b: int) -> Tensor:
+    """block on a [2B, C, H, W] map holding clinic (first b) then derm: its `forward_stacked` if it
+    has one, else its two-map forward on the halves, re-stacked."""
+    stacked = getattr(block, "forward_stacked", None)
+    if stacked is not None:
+        return stacked(m, b)
+    return torch.cat(block(m[:b], m[b:]))
+
+
 def encode_pair(
     enc_c: StagedBackbone,
     enc_d: StagedBackbone,
@@ -298,7 +307,8 @@ def encode_pair(
 
     With one shared encoder (`enc_c is enc_d`) and equal image sizes both images run as ONE batch
     of 2B (one pass of the encoder; BatchNorm sees both modalities together, as in SSN); otherwise
-    each modality runs on its own.
+    each modality runs on its own. On the one-batch path a block with `forward_stacked(m, b)` gets the
+    2B map as is (SharedCrossAttention: no split and re-concatenation around it).
     """
     blocks = {int(k): v for k, v in (blocks or {}).items()}
     b = clinic.shape[0]
@@ -307,9 +317,7 @@ def encode_pair(
         for i in range(enc_c.num_stages):
             x = enc_c.forward_stage(i, x)
             if i in blocks:
-                m = enc_c.to_map(x)
-                m_c, m_d = blocks[i](m[:b], m[b:])
-                x = enc_c.from_map(torch.cat([m_c, m_d]), x)
+                x = enc_c.from_map(_apply_stacked(blocks[i], enc_c.to_map(x), b), x)
         f = enc_c.pool(x)
         return f[:b], f[b:]
     x_c, x_d = clinic, derm

@@ -12,6 +12,15 @@ PVT-style, for stages with many tokens; queries keep full resolution.
 direction (clinic queries, derm keys/values) uses weights A, the d->c direction weights B; the core
 still computes both directions in one call.
 
+`forward_stacked(x, batch)` is the path SSN's shared encoder takes: both modalities arrive as ONE
+[2B, C, H, W] batch (clinic first) and stay one batch through the block (one LayerNorm, one QKV
+GEMM, one output projection, one residual add), so nothing is split and re-concatenated around it.
+It computes exactly what `forward(x[:B], x[B:])` does, with about half the tensor ops per
+forward+backward, which is what a host-bound GPU step pays for.
+The gate scales the output projection's weight and bias (a [C, C] product) rather than its
+[B·L, C] output: the same update, without a full-size elementwise pass and its reduction in the
+backward.
+
 `impl` picks the attention core: `triton` (ssnbench.kernels, fused, one launch on CUDA), `sdpa`
 (torch.nn.functional.scaled_dot_product_attention, one call per direction or one batched call when
 the token counts agree) or `reference` (plain PyTorch math).
@@ -25,7 +34,7 @@ from torch import Tensor, nn
 
 IMPLS = ("triton", "sdpa", "reference")
 
-__all__ = ["IMPLS", "SharedCrossAttention", "attention_core"]
+__all__ = ["IMPLS", "SharedCrossAttention", "add_update", "attention_core", "attention_core_stacked"]
 
 
 def attention_core(
@@ -53,6 +62,20 @@ def attention_core(
     raise ValueError(f"unknown cross-attention impl {impl!r}; expected one of {', '.join(IMPLS)}")
 
 
+def attention_core_stacked(impl: str, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Both directions for [2, B, H, L, D] q, k, v (index 0 clinic, 1 derm; usually views of one
+    QKV GEMM) -> the outputs merged to rows [2·B·L, H·D] (clinic rows first), ready for the output
+    projection. One copy merges the heads whatever the core."""
+    if impl == "sdpa":
+        # Queries stay a view; the key/value swap (derm keys for clinic queries) is one copy each.
+        swap = (k.flip(0).flatten(0, 1), v.flip(0).flatten(0, 1))
+        out = F.scaled_dot_product_attention(q.flatten(0, 1), *swap)
+        return out.transpose(1, 2).reshape(-1, q.shape[2] * q.shape[4])
+    (q_c, q_d), (k_c, k_d), (v_c, v_d) = q.unbind(0), k.unbind(0), v.unbind(0)
+    o_c, o_d = attention_core(impl, q_c, k_c, v_c, q_d, k_d, v_d)
+    return torch.cat([o_c.transpose(1, 2), o_d.transpose(1, 2)]).flatten(0, 1).flatten(1)
+
+
 class _Projections(nn.Module):
     """Norm + Q, K/V and output projections: one instance serves both modalities (shared=True)."""
 
@@ -66,6 +89,10 @@ class _Projections(nn.Module):
             self.q = nn.Linear(dim, dim, bias=qkv_bias)
             self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+
+    def gated_proj(self, x: Tensor, gate: Tensor) -> Tensor:
+        """gate * proj(x), with the gate folded into the [C, C] weight and the bias."""
+        return F.linear(x, self.proj.weight * gate[:, None], self.proj.bias * gate)
 
     def q_weight(self) -> tuple[Tensor, Tensor | None]:
         if self.fused_qkv:
@@ -83,6 +110,17 @@ class _Projections(nn.Module):
 def _tokens(x: Tensor) -> Tensor:
     """[B, C, H, W] -> [B, H*W, C] (a view when x is channels_last)."""
     return x.flatten(2).transpose(1, 2)
+
+
+def _as_map(y: Tensor, like: Tensor) -> Tensor:
+    """Token rows [B*H*W, C] (or [B, H*W, C]) -> a [B, C, H, W] map shaped like `like`
+    (a channels_last view, no copy)."""
+    return y.view(like.shape[0], -1, like.shape[1]).transpose(1, 2).reshape(like.shape)
+
+
+def add_update(f: Tensor, u: Tensor) -> Tensor:
+    """f + u in f's dtype (under autocast the update may come out in bf16 while f is fp32)."""
+    return f + (u if u.dtype == f.dtype else u.to(f.dtype))
 
 
 class SharedCrossAttention(nn.Module):
@@ -151,6 +189,16 @@ class SharedCrossAttention(nn.Module):
         return o.transpose(1, 2).reshape(o.shape[0], o.shape[2], self.dim)
 
     def forward(self, f_c: Tensor, f_d: Tensor) -> tuple[Tensor, Tensor]:
+        u_c, u_d = self.updates(f_c, f_d)
+        return add_update(f_c, u_c), add_update(f_d, u_d)
+
+    def forward_stacked(self, x: Tensor, batch: int) -> Tensor:
+        """Both modalities as one batch, x = cat([f_c, f_d]) of shape [2B, C, H, W] -> the updated
+        batch: `cat(forward(x[:B], x[B:]))` with about half the tensor ops (module docstring)."""
+        return add_update(x, self.update_stacked(x, batch))
+
+    def updates(self, f_c: Tensor, f_d: Tensor) -> tuple[Tensor, Tensor]:
+        """The gated attention terms (u_c, u_d) that `forward` adds to f_c and f_d, as maps."""
         if f_c.dim() != 4 or f_d.dim() != 4 or f_c.shape[:2] != f_d.shape[:2] or f_c.shape[1] != self.dim:
             raise ValueError(
                 f"SharedCrossAttention(dim={self.dim}) expects f_c, f_d of shape [B, {self.dim}, H, W] "
@@ -161,21 +209,35 @@ class SharedCrossAttention(nn.Module):
         Lc, Ld = t_c.shape[1], t_d.shape[1]
         if self.shared:
             o_c, o_d = self._core_shared(f_c, f_d, t_c, t_d, B, Lc, Ld)
-            p = self.proj_shared
-            merged = [self._merge(o_c).reshape(B * Lc, -1), self._merge(o_d).reshape(B * Ld, -1)]
-            out = p.proj(torch.cat(merged))  # shared output projection: one GEMM
-            y_c, y_d = out[: B * Lc].reshape(B, Lc, -1), out[B * Lc :].reshape(B, Ld, -1)
-            g_c = g_d = self.gate
-        else:
-            o_c, o_d = self._core_separate(f_c, f_d, t_c, t_d, B)
-            y_c, y_d = self.proj_a.proj(self._merge(o_c)), self.proj_b.proj(self._merge(o_d))
-            g_c, g_d = self.gate_c, self.gate_d
-        return self._residual(f_c, y_c, g_c), self._residual(f_d, y_d, g_d)
+            merged = torch.cat([self._merge(o_c).reshape(B * Lc, -1), self._merge(o_d).reshape(B * Ld, -1)])
+            y = self.proj_shared.gated_proj(merged, self.gate)  # shared output projection: one GEMM
+            return _as_map(y[: B * Lc], f_c), _as_map(y[B * Lc :], f_d)
+        o_c, o_d = self._core_separate(f_c, f_d, t_c, t_d, B)
+        y_c = self.proj_a.gated_proj(self._merge(o_c), self.gate_c)
+        y_d = self.proj_b.gated_proj(self._merge(o_d), self.gate_d)
+        return _as_map(y_c, f_c), _as_map(y_d, f_d)
 
-    @staticmethod
-    def _residual(f: Tensor, y: Tensor, gate: Tensor) -> Tensor:
-        y = (y * gate.to(y.dtype)).transpose(1, 2).reshape(f.shape)
-        return f + y.to(f.dtype)
+    def update_stacked(self, x: Tensor, batch: int) -> Tensor:
+        """The gated attention term of `forward_stacked` for x = cat([f_c, f_d]), as a [2B, C, H, W] map."""
+        if x.dim() != 4 or x.shape[0] != 2 * batch or x.shape[1] != self.dim:
+            raise ValueError(
+                f"SharedCrossAttention(dim={self.dim}).forward_stacked expects x of shape "
+                f"[2*{batch}, {self.dim}, H, W] (clinic then derm); got {tuple(x.shape)}"
+            )
+        if not self.shared:  # two weight sets: the directions cannot share GEMMs anyway
+            return torch.cat(self.updates(x[:batch], x[batch:]))
+        p, (n, C, H, W) = self.proj_shared, x.shape
+        L, heads, hd = H * W, self.num_heads, self.head_dim
+        t = p.norm(_tokens(x).reshape(n * L, C))
+        if self.kv_reduction == 1:  # ONE GEMM for Q, K and V of both modalities
+            q, k, v = p.qkv(t).view(2, batch, L, 3, heads, hd).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        else:
+            q = F.linear(t, *p.q_weight()).view(2, batch, L, heads, hd).transpose(2, 3)
+            s = _tokens(self._pool(x))
+            kv = F.linear(p.norm(s.reshape(n * s.shape[1], C)), *p.kv_weight())
+            k, v = kv.view(2, batch, s.shape[1], 2, heads, hd).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        y = p.gated_proj(attention_core_stacked(self.impl, q, k, v), self.gate)
+        return _as_map(y, x)
 
     def _core_shared(
         self, f_c: Tensor, f_d: Tensor, t_c: Tensor, t_d: Tensor, B: int, Lc: int, Ld: int

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ssnbench.errors import ConfigError
 from ssnbench.models.backbone import StagedBackbone, auto_kv_reduction, create_backbone, encode_pair
+from ssnbench.models.cross_attention import SharedCrossAttention, add_update
 from ssnbench.models.heads import MultiLabelHead
 from ssnbench.models.registry import check_bool, check_choice, check_float, check_int, register_model
 
@@ -104,14 +105,13 @@ class ProjectedCrossAttention(nn.Module):
     A 1x1 projection maps each modality's map C -> attn_dim (one projection for both modalities
     when `shared`, one per modality otherwise), the block attends there, and only its update
     (its output minus its input: the gated attention term) is projected back and added to the
-    full-width map. The block's zero-initialised gate therefore still makes the whole thing the
+    full-width map (the block's `updates`: no residual added inside and subtracted again). The block's
+    zero-initialised gate therefore still makes the whole thing the
     identity at init, so a pretrained backbone starts unchanged.
     """
 
     def __init__(self, dim: int, attn_dim: int, shared: bool = True, **kwargs: Any) -> None:
         super().__init__()
-        from ssnbench.models.cross_attention import SharedCrossAttention
-
         self.dim, self.attn_dim, self.shared = dim, attn_dim, shared
         n = 1 if shared else 2
         self.down = nn.ModuleList(nn.Conv2d(dim, attn_dim, 1, bias=False) for _ in range(n))
@@ -127,9 +127,15 @@ class ProjectedCrossAttention(nn.Module):
         self.attn.impl = value
 
     def forward(self, f_c: Tensor, f_d: Tensor) -> tuple[Tensor, Tensor]:
-        s_c, s_d = self.down[0](f_c), self.down[-1](f_d)
-        a_c, a_d = self.attn(s_c, s_d)
-        return f_c + self.up[0](a_c - s_c), f_d + self.up[-1](a_d - s_d)
+        u_c, u_d = self.attn.updates(self.down[0](f_c), self.down[-1](f_d))
+        return add_update(f_c, self.up[0](u_c)), add_update(f_d, self.up[-1](u_d))
+
+    def forward_stacked(self, x: Tensor, batch: int) -> Tensor:
+        """x = cat([f_c, f_d]) -> cat(forward(f_c, f_d)); with shared weights the two modalities stay
+        one batch through both 1x1 projections and the block (see SharedCrossAttention)."""
+        if not self.shared:
+            return torch.cat(self.forward(x[:batch], x[batch:]))
+        return add_update(x, self.up[0](self.attn.update_stacked(self.down[0](x), batch)))
 
 
 def build_cross_attention(
@@ -158,8 +164,6 @@ def build_cross_attention(
     info: dict[str, Any] = {"xattn": mode, **{k: [] for k in keys}}
     if mode == "none":
         return blocks, info
-    from ssnbench.models.cross_attention import SharedCrossAttention
-
     for s, r in zip(stages, _kv_reductions(kv_reduction, encoder, stages, image_size), strict=True):
         dim = encoder.channels[s]
         d = _attn_dim(xattn_dim, dim)
