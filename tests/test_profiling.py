@@ -196,3 +196,23 @@ def test_real_ssn_and_dual_parts_and_sharing() -> None:
     for counts in (ssn, dual):
         assert sum(counts[k] for k in ("encoder", "cross_attention", "heads", "other")) == counts["total"]
     assert ssn["encoder"] * 2 == dual["encoder"]  # one shared encoder, counted once
+
+
+def test_bench_loss_draws_targets_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stand-in loss of a training step draws its targets on the first call and reuses them:
+    a timed step must not pay a host->device copy (a stream sync on CUDA) per logit tensor."""
+    loss_fn = profiling.BenchLoss()
+    out = {"clinic": [torch.randn(4, 3, requires_grad=True), torch.randn(4, 5)], "fused": [torch.randn(4, 2)]}
+    first = loss_fn(out)
+    draws = []
+    real_randint = torch.randint
+    monkeypatch.setattr(torch, "randint", lambda *a, **k: draws.append(a) or real_randint(*a, **k))
+    second = loss_fn(out)
+    assert draws == [] and torch.equal(first, second)
+    logits = [*out["clinic"], *out["fused"]]
+    gens = [torch.Generator().manual_seed(i) for i in range(len(logits))]
+    targets = [real_randint(0, t.shape[1], (4,), generator=g) for t, g in zip(logits, gens, strict=True)]
+    expected = sum(torch.nn.functional.cross_entropy(t, y) for t, y in zip(logits, targets, strict=True))
+    torch.testing.assert_close(first, expected)
+    first.backward()
+    assert out["clinic"][0].grad is not None
