@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssnbench.data.derm7pt import LABELS, NUM_CLASSES
@@ -14,8 +16,11 @@ __all__ = ["MultiLabelHead"]
 class MultiLabelHead(nn.Module):
     """Predicts all 8 labels (DIAG and the seven criteria) from one feature vector.
 
-    One shared dropout, then one `nn.Linear` per label: the labels share the encoder's features
-    (multi-task), and a per-label linear layer is what FusionM4Net/SSN use on top of pooling.
+    One shared dropout, then one linear classifier per label: the labels share the encoder's features
+    (multi-task), and a per-label linear layer is what FusionM4Net/SSN use on top of pooling. The 8
+    classifiers are stored stacked and run as ONE GEMM whose output is split per label: the same
+    function as 8 `nn.Linear`s (and initialised as 8 of them, in order), with one op instead of 8
+    (plus their autocast casts) per head in forward and backward.
     """
 
     def __init__(
@@ -25,12 +30,13 @@ class MultiLabelHead(nn.Module):
         self.in_features = int(in_features)
         self.num_classes = tuple(int(k) for k in num_classes)
         self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.fc = nn.ModuleList(nn.Linear(self.in_features, k) for k in self.num_classes)
+        per_label = [nn.Linear(self.in_features, k) for k in self.num_classes]
+        self.weight = nn.Parameter(torch.cat([fc.weight.detach() for fc in per_label]))
+        self.bias = nn.Parameter(torch.cat([fc.bias.detach() for fc in per_label]))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """[B, in_features] -> list of 8 logit tensors [B, K_i] in LABELS order."""
-        x = self.drop(x)
-        return [fc(x) for fc in self.fc]
+        return list(F.linear(self.drop(x), self.weight, self.bias).split(self.num_classes, dim=1))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, labels={','.join(LABELS)}"

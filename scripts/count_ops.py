@@ -1,0 +1,101 @@
+"""Count the aten ops one training step dispatches, per model: the host work of an eager GPU step.
+
+On a host-bound GPU box (issue 5: SSN-ResNet50 at B=32 on the H200 spends ~30 ms of host time
+per step against ~17 ms of GPU time) a step's speed follows how many ops it dispatches, and that
+count does not depend on the device. So it can be measured, and compared between two versions of
+the code, on a CPU without a GPU:
+
+    python scripts/count_ops.py                       # this checkout
+    PYTHONPATH=/path/to/other/checkout python scripts/count_ops.py   # another version, same script
+
+Models: the issue-5 set of suites/bench_gpu.yaml (ResNet-50 unless --backbone; cross-attention at
+the last three stages). Tiny inputs (B=2, 64 px), CPU bf16 autocast (its casts are what CUDA
+autocast adds), and `sdpa` standing in for the attention core (one op forward, one backward, like
+the fused Triton op). The loss is a fixed-target cross-entropy per logit tensor; the optimizer
+step is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ssnbench.models.registry import build_model
+
+MODELS = {
+    "ssn": ("ssn", {"xattn": "none"}),
+    "ssn-xattn": ("ssn", {"xattn": "shared", "xattn_impl": "sdpa"}),
+    "dual": ("dual", {"xattn": "none"}),
+    "dual-xattn": ("dual", {"xattn": "separate", "xattn_impl": "sdpa"}),
+}
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_step(
+    arch: str, options: dict, batch: int, size: int, amp: bool, backbone: str = "resnet50"
+) -> dict:
+    """aten ops of one training step's forward+loss and backward (after one warm-up step)."""
+    torch.manual_seed(0)
+    model = build_model(arch, backbone=backbone, image_size=size, **options)
+    model = model.to(memory_format=torch.channels_last).train()
+    x = torch.randn(2 * batch, 3, size, size).to(memory_format=torch.channels_last)
+    clinic, derm = x[:batch], x[batch:]
+    targets: dict[int, torch.Tensor] = {}
+
+    def loss_of(out: dict) -> torch.Tensor:
+        logits = [t for head in out.values() for t in head]
+        for i, t in enumerate(logits):
+            targets.setdefault(i, torch.randint(0, t.shape[1], (batch,)))
+        return sum(torch.nn.functional.cross_entropy(t.float(), targets[i]) for i, t in enumerate(logits))
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        loss_of(model(clinic, derm)).backward()  # warm-up: targets, lazy inits
+    model.zero_grad(set_to_none=True)
+    with _Count() as fwd, torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        loss = loss_of(model(clinic, derm))
+    with _Count() as bwd:
+        loss.backward()
+    return {
+        "forward+loss": sum(fwd.ops.values()),
+        "backward": sum(bwd.ops.values()),
+        "total": sum(fwd.ops.values()) + sum(bwd.ops.values()),
+        "top_forward": dict(fwd.ops.most_common(8)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--no-amp", action="store_true", help="fp32, no autocast casts")
+    parser.add_argument("--json", help="also write the counts here")
+    args = parser.parse_args(argv)
+    rows = {}
+    print(f"aten ops per training step, {args.backbone} at {args.image_size} px, B={args.batch}")
+    print(f"{'model':<16} {'forward+loss':>12} {'backward':>9} {'total':>7}")
+    for name, (arch, options) in MODELS.items():
+        rows[name] = count_step(arch, options, args.batch, args.image_size, not args.no_amp, args.backbone)
+        r = rows[name]
+        print(f"{name:<16} {r['forward+loss']:>12} {r['backward']:>9} {r['total']:>7}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
