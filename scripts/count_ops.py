@@ -11,8 +11,8 @@ the code, on a CPU without a GPU:
 Models: the issue-5 set of suites/bench_gpu.yaml (ResNet-50 unless --backbone; cross-attention at
 the last three stages). Tiny inputs (B=2, 64 px), CPU bf16 autocast (its casts are what CUDA
 autocast adds), and `sdpa` standing in for the attention core (one op forward, one backward, like
-the fused Triton op). The loss is a fixed-target cross-entropy per logit tensor; the optimizer
-step is not counted.
+the fused Triton op). The loss is the training loss (MultiHeadLoss, prior weights) on fixed
+labels; the optimizer step is not counted.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import json
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ssnbench.data.derm7pt import NUM_CLASSES
+from ssnbench.losses import MultiHeadLoss, head_weights_for
 from ssnbench.models.registry import build_model
 
 MODELS = {
@@ -53,13 +55,11 @@ def count_step(
     model = model.to(memory_format=torch.channels_last).train()
     x = torch.randn(2 * batch, 3, size, size).to(memory_format=torch.channels_last)
     clinic, derm = x[:batch], x[batch:]
-    targets: dict[int, torch.Tensor] = {}
+    labels = torch.stack([torch.randint(0, k, (batch,)) for k in NUM_CLASSES], 1)
+    loss_fn = MultiHeadLoss(head_weights_for("prior", list(model.output_heads)))
 
     def loss_of(out: dict) -> torch.Tensor:
-        logits = [t for head in out.values() for t in head]
-        for i, t in enumerate(logits):
-            targets.setdefault(i, torch.randint(0, t.shape[1], (batch,)))
-        return sum(torch.nn.functional.cross_entropy(t.float(), targets[i]) for i, t in enumerate(logits))
+        return loss_fn(out, labels)[0]
 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         loss_of(model(clinic, derm)).backward()  # warm-up: targets, lazy inits

@@ -136,6 +136,7 @@ class MultiHeadLoss(nn.Module):
         self.head_weights = {str(h): float(w) for h, w in head_weights.items()}
         self.num_labels = len(LABELS)
         self._has_class_weights = class_weights is not None
+        self._layouts: dict[tuple, tuple[Tensor, Tensor, Tensor | None]] = {}
         if class_weights is not None:
             if len(class_weights) != self.num_labels:
                 raise ValueError(
@@ -146,20 +147,47 @@ class MultiHeadLoss(nn.Module):
                     f"class_weight_{i}", torch.as_tensor(w, dtype=torch.float32), persistent=False
                 )
 
-    def _class_weight(self, i: int, like: Tensor) -> Tensor | None:
-        if not self._has_class_weights:
-            return None
-        return getattr(self, f"class_weight_{i}").to(device=like.device, dtype=like.dtype)
+    def _layout(self, ks: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+        """For label sizes `ks`: the column index that lays one head's concatenated logits out as
+        [8, K_max] rows (missing classes point at a -inf pad column), the row offsets of the labels
+        in that layout, and the class weights laid out the same way (None without class weights)."""
+        key = (ks, device)
+        if key not in self._layouts:
+            kmax, pad = max(ks), sum(ks)
+            starts = [sum(ks[:i]) for i in range(len(ks))]
+            index = [[s + j if j < k else pad for j in range(kmax)] for s, k in zip(starts, ks, strict=True)]
+            weights = None
+            if self._has_class_weights:
+                weights = torch.zeros(len(ks), kmax)
+                for i, k in enumerate(ks):
+                    w = getattr(self, f"class_weight_{i}")
+                    if w.numel() != k:
+                        raise ValueError(f"class_weights[{i}]: {w.numel()} weights for a {k}-class label")
+                    weights[i, :k] = w
+                weights = weights.view(-1).to(device)
+            offsets = torch.arange(len(ks), device=device) * kmax
+            self._layouts[key] = (torch.tensor(index, device=device).view(-1), offsets, weights)
+        return self._layouts[key]
 
     def head_loss(self, logits: Sequence[Tensor], labels: Tensor) -> Tensor:
-        """Mean over the labels of one head's cross-entropies (computed in fp32 for AMP safety)."""
+        """Mean over the labels of one head's cross-entropies (computed in fp32 for AMP safety).
+
+        All 8 labels in one cross-entropy over a [B*8, K_max] layout of the head's logits (classes a
+        label lacks are -inf, so they take no probability): the same value and gradients as 8
+        `F.cross_entropy` calls, class weights included, in a dozen ops instead of ~40 per head,
+        forward and backward. Labels are trusted to be in range (the dataset reader checks them).
+        """
         if len(logits) != self.num_labels:
             raise ValueError(f"a head must give {self.num_labels} logit tensors, got {len(logits)}")
-        losses = [
-            F.cross_entropy(lg.float(), labels[:, i], weight=self._class_weight(i, lg.float()))
-            for i, lg in enumerate(logits)
-        ]
-        return torch.stack(losses).mean()
+        batch, n = labels.shape[0], self.num_labels
+        index, offsets, weights = self._layout(tuple(lg.shape[1] for lg in logits), labels.device)
+        flat = torch.cat(list(logits), dim=1).float()
+        scores = F.pad(flat, (0, 1), value=float("-inf"))[:, index].view(batch * n, -1)
+        nll = F.cross_entropy(scores, labels.reshape(batch * n), reduction="none").view(batch, n)
+        if weights is None:
+            return nll.mean()
+        w = weights[labels + offsets]  # [B, 8]: each case's class weight, per label
+        return ((w * nll).sum(0) / w.sum(0)).mean()
 
     def forward(
         self, outputs: Mapping[str, Sequence[Tensor]], labels: Tensor

@@ -196,33 +196,48 @@ def _modalities(model: nn.Module) -> int:
 
 
 class BenchLoss:
-    """Sum of cross-entropies over every logit tensor against fixed random targets.
+    """The loss of a benchmarked training step, against fixed random targets.
 
-    A stand-in with the cost profile of the real multi-head loss (a handful of tiny CEs) that keeps
-    the benchmark independent of the loss configuration. The targets are drawn on the first call
-    (a warm-up step) and kept on the logits' device: a timed step then copies nothing from the host,
-    like the real loop, which moves one [B, 8] label tensor per batch. (Drawing them per step cost
-    one blocking host->device copy, i.e. a stream synchronisation, per logit tensor: 24 per SSN step.)
+    A model that returns `{head: [8 logit tensors]}` (SSN, dual, single) gets the real training
+    loss, `MultiHeadLoss` with the prior head weights, so a benchmarked step costs what a training
+    step costs. Any other output gets a sum of cross-entropies over its logit tensors. The targets
+    are drawn on the first call (a warm-up step) and kept on the logits' device: a timed step then
+    copies nothing from the host (the real loop moves one [B, 8] label tensor per batch; drawing
+    targets per step cost one blocking host->device copy, i.e. a stream sync, per logit tensor).
     """
 
     def __init__(self) -> None:
-        self._targets: dict[tuple[int, tuple[int, ...], torch.device], torch.Tensor] = {}
+        self._targets: dict[Any, torch.Tensor] = {}
+        self._multi_head: nn.Module | None = None
 
-    def _target(self, i: int, logits: torch.Tensor) -> torch.Tensor:
-        key = (i, tuple(logits.shape), logits.device)
+    def _target(self, key: Any, sizes: Sequence[int], batch: int, device: torch.device) -> torch.Tensor:
+        key = (key, tuple(sizes), batch, device)
         target = self._targets.get(key)
         if target is None:
-            gen = torch.Generator().manual_seed(i)
-            target = torch.randint(0, logits.shape[1], (logits.shape[0],), generator=gen).to(logits.device)
+            gen = torch.Generator().manual_seed(len(self._targets))
+            columns = [torch.randint(0, k, (batch,), generator=gen) for k in sizes]
+            target = torch.stack(columns, 1).to(device)
             self._targets[key] = target
         return target
 
     def __call__(self, out: Any) -> torch.Tensor:
+        from ssnbench.data.derm7pt import LABELS  # noqa: PLC0415
+        from ssnbench.losses import HEADS, MultiHeadLoss, head_weights_for  # noqa: PLC0415
+
+        heads_output = isinstance(out, dict) and out and set(out) <= set(HEADS)
+        logits = next(iter(out.values())) if heads_output else []
+        if len(logits) == len(LABELS) and all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in logits):
+            if self._multi_head is None:
+                self._multi_head = MultiHeadLoss(head_weights_for("prior", list(out)))
+            b, device = logits[0].shape[0], logits[0].device
+            labels = self._target("labels", [t.shape[1] for t in logits], b, device)
+            return self._multi_head(out, labels)[0]
         total: torch.Tensor | None = None
         for i, logits in enumerate(_flatten(out)):
             logits = logits.float()
             if logits.dim() == 2 and logits.shape[1] > 1:
-                term = nn.functional.cross_entropy(logits, self._target(i, logits))
+                target = self._target(i, [logits.shape[1]], logits.shape[0], logits.device)[:, 0]
+                term = nn.functional.cross_entropy(logits, target)
             else:
                 term = logits.square().mean()
             total = term if total is None else total + term

@@ -145,7 +145,6 @@ def predict(
         clinic, derm, y = _to(batch, device, channels_last)
         with _autocast(device, amp):
             outputs = model(clinic, derm)
-        outputs = {k: [t.float() for t in v] for k, v in outputs.items()}
         total, _ = loss_fn(outputs, y)
         loss_sum += float(total) * len(y)
         count += len(y)
@@ -214,8 +213,7 @@ def fit(
                 clinic, derm, y = _to(batch, device, channels_last)
                 with _autocast(device, amp):
                     outputs = model(clinic, derm)
-                outputs = {k: [t.float() for t in v] for k, v in outputs.items()}
-                loss, _ = loss_fn(outputs, y)
+                loss, _ = loss_fn(outputs, y)  # in fp32 whatever the logits' dtype (one cast per head)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
                         f"training loss became {float(loss.detach())} at epoch {epoch}, step {step + 1} "

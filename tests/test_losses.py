@@ -126,3 +126,27 @@ def test_describe_combination():
     text = describe_combination(HEADS, PRIOR_WEIGHTS)
     assert "derm 0.50" in text and "fused 0.30" in text and "clinic 0.20" in text
     assert describe_combination(HEADS, {"fused": 1.0}) == "fused head only"
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_head_loss_is_eight_cross_entropies(weighted: bool) -> None:
+    """The one-call head loss equals the mean of 8 per-label F.cross_entropy calls (class weights
+    included), in value and in the gradient of every logit, for bf16 logits as AMP gives them."""
+    torch.manual_seed(0)
+    b = 6
+    labels = torch.stack([torch.randint(0, k, (b,)) for k in NUM_CLASSES], 1)
+    class_w = [torch.rand(k) + 0.1 for k in NUM_CLASSES] if weighted else None
+    loss_fn = MultiHeadLoss({"derm": 1.0}, class_weights=class_w)
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = [(3 * torch.randn(b, k)).to(dtype).requires_grad_() for k in NUM_CLASSES]
+        got = loss_fn.head_loss(logits, labels)
+        got_grads = torch.autograd.grad(got, logits)
+        want = torch.stack([
+            F.cross_entropy(lg.float(), labels[:, i], weight=None if class_w is None else class_w[i])
+            for i, lg in enumerate(logits)
+        ]).mean()
+        want_grads = torch.autograd.grad(want, logits)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want)
+        for g, w in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(g, w)

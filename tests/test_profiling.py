@@ -216,3 +216,18 @@ def test_bench_loss_draws_targets_once(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.testing.assert_close(first, expected)
     first.backward()
     assert out["clinic"][0].grad is not None
+
+
+def test_bench_loss_is_the_training_loss_for_head_outputs() -> None:
+    """SSN/dual/single outputs get the real MultiHeadLoss (prior weights) on fixed in-range labels."""
+    from ssnbench.data.derm7pt import NUM_CLASSES
+    from ssnbench.losses import MultiHeadLoss, head_weights_for
+
+    out = {h: [torch.randn(3, k) for k in NUM_CLASSES] for h in ("clinic", "derm", "fused")}
+    loss_fn = profiling.BenchLoss()
+    got = loss_fn(out)
+    (labels,) = loss_fn._targets.values()
+    assert labels.shape == (3, 8) and all((labels[:, i] < k).all() for i, k in enumerate(NUM_CLASSES))
+    want, _ = MultiHeadLoss(head_weights_for("prior", list(out)))(out, labels)
+    torch.testing.assert_close(got, want)
+    assert torch.equal(loss_fn(out), got)
