@@ -199,7 +199,9 @@ class _EagerFused(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, do_c: Tensor, do_d: Tensor) -> tuple:
         q_c, k_c, v_c, q_d, k_d, v_d, o_c, o_d, lse_c, lse_d = ctx.saved_tensors
-        grads = _backward_impl(do_c, do_d, q_c, k_c, v_c, q_d, k_d, v_d, o_c, o_d, lse_c, lse_d, ctx.scale)
+        grads = _backward_impl(
+            do_c, do_d, q_c, k_c, v_c, q_d, k_d, v_d, o_c, o_d, lse_c, lse_d, ctx.scale, eager=True
+        )
         return (*grads, None)
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import statistics
+import time
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -47,9 +49,11 @@ class _Count(TorchDispatchMode):
 
 
 def count_step(
-    arch: str, options: dict, batch: int, size: int, amp: bool, backbone: str = "resnet50"
+    arch: str, options: dict, batch: int, size: int, amp: bool, backbone: str = "resnet50", timed: int = 0
 ) -> dict:
-    """aten ops of one training step's forward+loss and backward (after one warm-up step)."""
+    """aten ops of one training step's forward+loss and backward (after one warm-up step), and with
+    `timed` > 0 the median wall time of that many forward+loss+backward steps (on a CPU at tiny
+    shapes this is dispatcher-bound, like the host side of a GPU step)."""
     torch.manual_seed(0)
     model = build_model(arch, backbone=backbone, image_size=size, **options)
     model = model.to(memory_format=torch.channels_last).train()
@@ -68,10 +72,19 @@ def count_step(
         loss = loss_of(model(clinic, derm))
     with _Count() as bwd:
         loss.backward()
+    times = []
+    for _ in range(timed):
+        model.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = loss_of(model(clinic, derm))
+        loss.backward()
+        times.append(time.perf_counter() - t0)
     return {
         "forward+loss": sum(fwd.ops.values()),
         "backward": sum(bwd.ops.values()),
         "total": sum(fwd.ops.values()) + sum(bwd.ops.values()),
+        "step_ms": statistics.median(times) * 1e3 if times else None,
         "top_forward": dict(fwd.ops.most_common(8)),
     }
 
@@ -82,15 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--no-amp", action="store_true", help="fp32, no autocast casts")
+    parser.add_argument("--time", type=int, default=0, metavar="N", help="also time N steps (median)")
     parser.add_argument("--json", help="also write the counts here")
     args = parser.parse_args(argv)
     rows = {}
     print(f"aten ops per training step, {args.backbone} at {args.image_size} px, B={args.batch}")
-    print(f"{'model':<16} {'forward+loss':>12} {'backward':>9} {'total':>7}")
+    header = f"{'model':<16} {'forward+loss':>12} {'backward':>9} {'total':>7}"
+    print(header + (" step_ms" if args.time else ""))
     for name, (arch, options) in MODELS.items():
-        rows[name] = count_step(arch, options, args.batch, args.image_size, not args.no_amp, args.backbone)
-        r = rows[name]
-        print(f"{name:<16} {r['forward+loss']:>12} {r['backward']:>9} {r['total']:>7}")
+        r = count_step(arch, options, args.batch, args.image_size, not args.no_amp, args.backbone, args.time)
+        rows[name] = r
+        ms = f" {r['step_ms']:7.1f}" if args.time else ""
+        print(f"{name:<16} {r['forward+loss']:>12} {r['backward']:>9} {r['total']:>7}{ms}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

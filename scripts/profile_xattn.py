@@ -3,8 +3,8 @@
 1. Host (CPU) cost per call of the fused op (direct kernel launch on and off) and of SDPA at the
    SSN stage shapes: launches are queued without synchronising, so the figure is the Python +
    launch overhead per call; then a cProfile of the op's forward+backward by Python function.
-2. The SharedCrossAttention block per impl at SSN-R50's three stage shapes: host µs and synced ms
-   per forward+backward.
+2. The cross-attention block per impl and path (stacked / pair) at SSN-R50's three stage shapes:
+   host µs and synced ms per forward+backward.
 3. One SSN-ResNet50 training step (B=32 per modality, bf16 autocast, channels_last) per
    cross-attention impl under torch.profiler: step time, and the CUDA kernels that take the most
    device time (and a table by host time), so a slow kernel and a host-bound step can be told apart.
@@ -73,35 +73,43 @@ def op_host_costs(batch: int) -> list[dict]:
 
 
 def block_costs(batch: int) -> list[dict]:
-    """The SharedCrossAttention block as SSN-R50 runs it at 224 px (256 channels, 8 heads, bf16
-    autocast, channels_last), forward+backward per impl: host µs per call (queued) and device-synced
-    ms per call. Shows whether the block, not just the op, is host-bound."""
+    """The cross-attention block exactly as SSN-R50 runs it at 224 px: ProjectedCrossAttention from
+    the stage's C channels (512/1024/2048) down to 256, 8 heads, on the 2B-image map of the shared
+    encoder, bf16 autocast, channels_last. Forward+backward per impl and per path (`stacked`: the
+    one-batch path SSN takes; `pair`: split into two maps and re-concatenated, the path before
+    forward_stacked): host µs per call (queued) and device-synced ms per call."""
     from ssnbench.models.backbone import auto_kv_reduction
-    from ssnbench.models.cross_attention import SharedCrossAttention
+    from ssnbench.models.ssn import ProjectedCrossAttention
 
+    paths = {
+        "stacked": lambda block, x: block.forward_stacked(x, batch),
+        "pair": lambda block, x: torch.cat(block(x[:batch], x[batch:])),
+    }
     rows = []
-    for side in (28, 14, 7):
+    for side, channels in ((28, 512), (14, 1024), (7, 2048)):
         r = auto_kv_reduction((side, side))
-        row = {"tokens": side * side, "kv_reduction": r}
+        row = {"tokens": side * side, "channels": channels, "kv_reduction": r}
+        x = torch.randn(2 * batch, channels, side, side, device=DEVICE, dtype=torch.bfloat16)
+        x = x.to(memory_format=torch.channels_last).requires_grad_()
         for impl in ("triton", "sdpa"):
-            block = SharedCrossAttention(256, 8, impl=impl, kv_reduction=r).to(DEVICE)
-            f = [torch.randn(batch, 256, side, side, device=DEVICE, requires_grad=True)
-                 .to(memory_format=torch.channels_last) for _ in range(2)]
+            block = ProjectedCrossAttention(channels, 256, num_heads=8, impl=impl, kv_reduction=r).to(DEVICE)
+            block = block.to(memory_format=torch.channels_last)
+            for path, run in paths.items():
 
-            def step(block=block, f=f) -> None:
-                with torch.autocast(DEVICE, dtype=torch.bfloat16):
-                    y_c, y_d = block(*f)
-                (y_c.float().sum() + y_d.float().sum()).backward()
+                def step(block=block, run=run, x=x) -> None:
+                    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+                        y = run(block, x)
+                    y.float().sum().backward()
 
-            row[f"{impl}_host_us"] = host_cost_us(step, calls=100)
-            for _ in range(5):
-                step()
-            _sync()
-            t0 = time.perf_counter()
-            for _ in range(50):
-                step()
-            _sync()
-            row[f"{impl}_ms"] = (time.perf_counter() - t0) / 50 * 1e3
+                row[f"{impl}_{path}_host_us"] = host_cost_us(step, calls=100)
+                for _ in range(5):
+                    step()
+                _sync()
+                t0 = time.perf_counter()
+                for _ in range(50):
+                    step()
+                _sync()
+                row[f"{impl}_{path}_ms"] = (time.perf_counter() - t0) / 50 * 1e3
         rows.append(row)
     return rows
 

@@ -7,7 +7,9 @@ would. The GPU side (real kernels, repeated calls) is in test_kernels_gpu.py.
 
 from __future__ import annotations
 
+import os
 import types
+from unittest import mock
 
 import pytest
 import torch
@@ -116,3 +118,27 @@ def test_int_spec():
     assert int_spec([1568, 24, 32], 8) is None
     assert int_spec([2**31, 32], 8) is None  # a 64-bit integer
     assert int_spec([0, 0, 0], 8) == (False, False)
+
+
+def _storages(ts) -> int:
+    return len({t.untyped_storage().data_ptr() for t in ts})
+
+
+@pytest.mark.parametrize(("lc", "ld", "storages"), [(16, 16, 1), (16, 24, 2), (100, 100, 1)])
+def test_eager_backward_takes_gradients_from_one_allocation(kernel_stubs, lc, ld, storages) -> None:
+    """Plain eager calls (the autograd.Function) carve the six gradients out of as few allocations
+    as the shapes allow: each CUDA allocation costs host time that the small stages' kernels do not
+    (both backward paths: <= 64 tokens and larger). The registered op must return six separate
+    tensors (no aliasing between a custom op's outputs)."""
+    from ssnbench.kernels import shared_cross_attention
+
+    # q_c, k_c, v_c (clinic tokens), q_d, k_d, v_d (derm tokens)
+    xs = [torch.zeros(2, 2, n, 16, requires_grad=True) for n in (lc, lc, lc, ld, ld, ld)]
+    outs = shared_cross_attention(*xs)
+    grads = torch.autograd.grad(outs, xs, [torch.ones_like(o) for o in outs])
+    assert _storages(grads) == storages
+    assert kernel_stubs.DIRECT_LAUNCHES  # the stubs' launch plumbing ran, not the reference
+    with mock.patch.dict(os.environ, {"SSNBENCH_XATTN_CUSTOM_OP": "1"}):
+        outs = shared_cross_attention(*xs)
+        grads = torch.autograd.grad(outs, xs, [torch.ones_like(o) for o in outs])
+    assert _storages(grads) == 6

@@ -62,8 +62,13 @@ BLOCK = dict(b=32, c=512, side=28, heads=8) if CUDA else dict(b=2, c=32, side=8,
 
 @pytest.mark.benchmark(group="block-forward-backward")
 @pytest.mark.benchmark_threshold(10 if CUDA else 50)  # CPU: sub-ms, dispatcher-bound
+@pytest.mark.parametrize("path", ["stacked", "pair"])
 @pytest.mark.parametrize("impl", ["reference", "sdpa", "triton"])
-def test_block_forward_backward(impl: str, timed: Callable[..., Any], reference_dispatch: None) -> None:
+def test_block_forward_backward(
+    impl: str, path: str, timed: Callable[..., Any], reference_dispatch: None
+) -> None:
+    """`stacked`: the block on the shared encoder's 2B-image map, as SSN runs it; `pair`: on the two
+    modalities' maps, as the dual baseline (and SSN before forward_stacked) runs it."""
     if impl == "triton" and not CUDA:
         pytest.skip("impl triton is timed on CUDA only (on CPU it is the interpreter)")
     xattn = pytest.importorskip("ssnbench.models.cross_attention")
@@ -73,15 +78,43 @@ def test_block_forward_backward(impl: str, timed: Callable[..., Any], reference_
         for name, p in block.named_parameters():
             if "gate" in name:
                 p.fill_(0.5)
-    f_c = torch.randn(b, c, side, side, device=DEVICE, requires_grad=True)
-    f_d = torch.randn(b, c, side, side, device=DEVICE, requires_grad=True)
+    fmt = torch.channels_last if CUDA else torch.contiguous_format
+    x = torch.randn(2 * b, c, side, side, device=DEVICE).to(memory_format=fmt).requires_grad_()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if CUDA else torch.autocast("cpu", enabled=False)
+
+    def run() -> torch.Tensor:
+        if path == "stacked":
+            return block.forward_stacked(x, b)
+        return torch.cat(block(x[:b], x[b:]))
 
     def step() -> None:
         block.zero_grad(set_to_none=True)
         with autocast:
-            y_c, y_d = block(f_c, f_d)
-        (y_c.float().square().mean() + y_d.float().square().mean()).backward()
+            y = run()
+        y.float().square().mean().backward()
 
     timed(step, images=2 * b)
     assert all(p.grad is not None for p in block.parameters() if p.requires_grad)
+
+
+@pytest.mark.skipif(CUDA, reason="on CUDA the op cases above time the host path with the real kernels")
+@pytest.mark.benchmark(group="op-host-path")
+@pytest.mark.benchmark_threshold(30)  # CPU: tens of microseconds per call
+@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
+def test_op_host_path_with_stub_kernels(mode: str, timed: Callable[..., Any], kernel_stubs: Any) -> None:
+    """The op's production host path per call (shape checks, allocations, launch plumbing, direct
+    launch, autograd) with no-op kernels, on CPU. At the small SSN stages this host path, not the
+    kernel, is what a GPU call costs (docs/benchmarks.md), so it is guarded here without a GPU."""
+    qkv = [torch.randn(2, 2, 49, 32, requires_grad=mode != "forward") for _ in range(6)]
+    grads_out = [torch.ones(2, 2, 49, 32) for _ in range(2)]
+
+    def call() -> Any:
+        if mode == "forward":
+            return kernels.shared_cross_attention(*qkv)
+        return torch.autograd.grad(kernels.shared_cross_attention(*qkv), qkv, grads_out)
+
+    call()  # the first launch of each kernel goes through the (stub) JIT; then the direct path
+    before = kernel_stubs.DIRECT_LAUNCHES["fwd"]
+    out = timed(call)
+    assert len(out) == (2 if mode == "forward" else 6)
+    assert kernel_stubs.DIRECT_LAUNCHES["fwd"] > before  # the direct launch ran, not the reference
