@@ -129,6 +129,29 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(g, w, atol=3e-2, rtol=3e-2)
 
 
+def test_ssn_block_stacked_path_matches_pair_path_on_cuda():
+    """The block as SSN-R50 runs it (projected to 256 channels, 2B-image map, channels_last, bf16
+    autocast, impl triton): forward_stacked against the two-map path, output and every gradient."""
+    from ssnbench.models.ssn import ProjectedCrossAttention
+
+    torch.manual_seed(0)
+    block = ProjectedCrossAttention(512, 256, num_heads=8, impl="triton").cuda()
+    block = block.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        block.attn.gate.fill_(0.5)
+    x = torch.randn(8, 512, 14, 14, device="cuda").to(memory_format=torch.channels_last)
+    results = []
+    for run in (lambda x: block.forward_stacked(x, 4), lambda x: torch.cat(block(x[:4], x[4:]))):
+        block.zero_grad(set_to_none=True)
+        leaf = x.detach().clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = run(leaf)
+        y.float().square().mean().backward()
+        results.append([y.detach().float(), leaf.grad, *[p.grad for p in block.parameters()]])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, atol=3e-2, rtol=3e-2)
+
+
 def _grads(fn, xs):
     leaves = [t.detach().clone().requires_grad_() for t in xs]
     loss = fn(*leaves)
