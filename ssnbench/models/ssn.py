@@ -103,11 +103,10 @@ class ProjectedCrossAttention(nn.Module):
     """`SharedCrossAttention` run at a reduced width `attn_dim` < C.
 
     A 1x1 projection maps each modality's map C -> attn_dim (one projection for both modalities
-    when `shared`, one per modality otherwise), the block attends there, and only its update
-    (its output minus its input: the gated attention term) is projected back and added to the
-    full-width map (the block's `updates`: no residual added inside and subtracted again). The block's
-    zero-initialised gate therefore still makes the whole thing the
-    identity at init, so a pretrained backbone starts unchanged.
+    when `shared`, one per modality otherwise), the block attends there, and only its update (the
+    gated attention term, the block's `updates`) is projected back and added to the full-width map.
+    The block's zero-initialised gate therefore still makes the whole thing the identity at init,
+    so a pretrained backbone starts unchanged.
     """
 
     def __init__(self, dim: int, attn_dim: int, shared: bool = True, **kwargs: Any) -> None:
