@@ -21,7 +21,7 @@
 #              cut to what is left), T_TESTS / T_PROFILE / T_BENCH / T_MODELS / T_PYBENCH (per-step
 #              seconds; T_PYBENCH=0 skips the pytest benchmarks), SKIP_TESTS=1, SKIP_PROFILE=1,
 #              SKIP_BENCH=1, SKIP_MODELS=1, PROFILE_ARGS (extra profile_xattn.py options), BENCH_METHODS, BENCH_LENGTHS, BENCH_DIMS, MODELS_SUITE,
-#              MODELS_BATCH_SIZES, MODELS_ON_CPU=1.
+#              MODELS_BATCH_SIZES, MODELS_ON_CPU=1, MODELS_ROUNDS (bench models --rounds, e.g. 3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
