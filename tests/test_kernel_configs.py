@@ -1,0 +1,100 @@
+"""Every autotune candidate of the kernels, run in the interpreter against float64.
+
+On a GPU the autotuner may pick any config of `_FWD_CONFIGS`, `_BWD_CONFIGS` or `_ATOMIC_CONFIGS`,
+while the CPU tests otherwise run the interpreter's small fixed tiles only. The tile sizes decide
+the masking (token counts that are not multiples of a tile), so each distinct tile shape is checked
+here once, at odd token counts with L_c != L_d, by handing it to the launcher as the fixed config
+(the interpreter ignores num_warps/num_stages).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from ssnbench.kernels import reference, shared_cross_attention
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET", "0") in ("", "0"),
+    reason="needs the Triton interpreter (conftest sets TRITON_INTERPRET=1 without a GPU)",
+)
+
+
+def _sx():
+    from ssnbench.kernels import shared_xattn
+
+    return shared_xattn
+
+
+def _tiles(configs) -> list[dict]:
+    """Distinct tile kwargs of a config list (num_warps/num_stages do not matter in the interpreter)."""
+    seen: dict[tuple, dict] = {}
+    for c in configs:
+        seen.setdefault(tuple(sorted(c.kwargs.items())), dict(c.kwargs))
+    return list(seen.values())
+
+
+def _case(Lc: int, Ld: int, D: int, dtype: torch.dtype, grad: bool):
+    g = torch.Generator().manual_seed(Lc * 1000 + Ld)
+    sizes = (Lc, Lc, Lc, Ld, Ld, Ld)  # q_c, k_c, v_c, q_d, k_d, v_d
+    xs = [torch.randn(1, 2, n, D, generator=g).to(dtype).requires_grad_(grad) for n in sizes]
+    x64 = [t.detach().double().requires_grad_(grad) for t in xs]
+    want = reference.shared_cross_attention_reference(*x64)
+    return xs, x64, want
+
+
+class _Fixed:
+    """Stands in for a `_fixed_*` config function: always `tiles`, and counts its calls."""
+
+    def __init__(self, tiles: dict) -> None:
+        self.tiles, self.calls = tiles, 0
+
+    def __call__(self, *args) -> dict:
+        self.calls += 1
+        return dict(self.tiles)
+
+
+FWD_TILES = _tiles(_sx()._FWD_CONFIGS)
+BWD_TILES = _tiles(_sx()._BWD_CONFIGS)
+ATOMIC_TILES = _tiles(_sx()._ATOMIC_CONFIGS)
+
+
+def _ids(tiles: list[dict]) -> list[str]:
+    return ["-".join(f"{k.replace('BLOCK_', '')}{int(v)}" for k, v in t.items()) for t in tiles]
+
+
+@pytest.mark.parametrize("tiles", FWD_TILES, ids=_ids(FWD_TILES))
+def test_every_forward_candidate(tiles: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    sx = _sx()
+    fixed = _Fixed(tiles)
+    monkeypatch.setattr(sx, "_fixed_fwd", fixed)
+    dtype = torch.float16 if tiles.get("POLY_EXP") else torch.float32  # POLY_EXP is fp16/bf16 only
+    xs, _, want = _case(70, 45, 32, dtype, grad=False)
+    got = shared_cross_attention(*xs)
+    tol = 3e-3 if dtype == torch.float16 else 2e-5
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.double(), w, atol=tol, rtol=tol)
+    assert fixed.calls == 1
+
+
+BWD_CASES = [("general", t) for t in BWD_TILES] + [("atomic", t) for t in ATOMIC_TILES]
+BWD_IDS = [f"general-{i}" for i in _ids(BWD_TILES)] + [f"atomic-{i}" for i in _ids(ATOMIC_TILES)]
+
+
+@pytest.mark.parametrize(("path", "tiles"), BWD_CASES, ids=BWD_IDS)
+def test_every_backward_candidate(path: str, tiles: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Token counts above SMALL_MAX_TOKENS, so the general (two-loop) or the atomic path runs."""
+    sx = _sx()
+    fixed = _Fixed(tiles)
+    monkeypatch.setattr(sx, "_fixed_bwd" if path == "general" else "_fixed_atomic", fixed)
+    monkeypatch.setenv("SSNBENCH_XATTN_BWD_PATH", path)
+    xs, x64, want = _case(70, 97, 16, torch.float32, grad=True)
+    gen = torch.Generator().manual_seed(1)
+    do = [torch.randn(w.shape, generator=gen) for w in want]
+    got_grads = torch.autograd.grad(shared_cross_attention(*xs), xs, do)
+    want_grads = torch.autograd.grad(want, x64, [d.double() for d in do])
+    names = ("dq_c", "dk_c", "dv_c", "dq_d", "dk_d", "dv_d")
+    for name, g, w in zip(names, got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g.double(), w, atol=5e-5, rtol=5e-5, msg=lambda m, n=name: f"{n}: {m}")
+    assert fixed.calls >= 1
