@@ -632,6 +632,10 @@ _FWD_CONFIGS = [
         (64, 64, 4, 3, False), (64, 128, 4, 3, False), (128, 64, 4, 3, False), (128, 64, 8, 3, False),
         (128, 128, 8, 3, False), (64, 64, 4, 4, False), (128, 64, 4, 4, False), (64, 32, 4, 3, False),
         (32, 64, 4, 2, False),
+        # small stages (49/196 tokens): more programs per head (BLOCK_M 16/32) and all keys of a
+        # head in one masked tile (BLOCK_N 256 when there are at most 256 keys; see _prune_fwd)
+        (16, 64, 2, 2, False), (32, 128, 4, 2, False), (16, 256, 4, 2, False), (32, 256, 4, 2, False),
+        (32, 256, 8, 2, False),
         # half of the exps on the FMA pipes (fp16/bf16, many keys): see _exp2_fma
         (64, 128, 4, 3, True), (128, 128, 8, 3, True), (128, 64, 8, 3, True),
     ]
@@ -660,6 +664,10 @@ def _prune_fwd(configs: list, named_args: dict, **kwargs: Any) -> list:
     lk = max(named_args["Lkc"], named_args["Lkd"])
     bm_max, bn_max = _np2(lq, 32), _np2(lk, 32)
     keep = [c for c in configs if c.kwargs["BLOCK_M"] <= bm_max and c.kwargs["BLOCK_N"] <= bn_max]
+    if lk > 256:  # a 256-key tile only pays as a single pass over all keys
+        keep = [c for c in keep if c.kwargs["BLOCK_N"] < 256]
+    if lq > 256:  # 16-query tiles only for the small stages (more programs); big ones have plenty
+        keep = [c for c in keep if c.kwargs["BLOCK_M"] > 16]
     if named_args["Qc"].dtype == torch.float32 or lk < 256:  # fp32 keeps exact exps; few keys: no gain
         keep = [c for c in keep if not c.kwargs["POLY_EXP"]]
     if kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM", 64)) > 64:  # big tiles spill at D=128

@@ -98,3 +98,20 @@ def test_every_backward_candidate(path: str, tiles: dict, monkeypatch: pytest.Mo
     for name, g, w in zip(names, got_grads, want_grads, strict=True):
         torch.testing.assert_close(g.double(), w, atol=5e-5, rtol=5e-5, msg=lambda m, n=name: f"{n}: {m}")
     assert fixed.calls >= 1
+
+
+@pytest.mark.parametrize(
+    ("tokens", "bn256", "bm16"), [(49, False, True), (196, True, True), (784, False, False)]
+)
+def test_forward_pruning_by_stage_size(tokens: int, bn256: bool, bm16: bool) -> None:
+    """256-key tiles are candidates only when they cover all keys in one pass, 16-query tiles only for
+    the small stages; fp32 never gets the polynomial exp."""
+    sx = _sx()
+    q = torch.empty(1, 1, 1, 32, dtype=torch.bfloat16)
+    args = {"Lc": tokens, "Ld": tokens, "Lkc": tokens, "Lkd": tokens, "Qc": q}
+    kept = sx._prune_fwd(sx._FWD_CONFIGS, args, HEAD_DIM=32)
+    assert any(c.kwargs["BLOCK_N"] == 256 for c in kept) == bn256
+    assert any(c.kwargs["BLOCK_M"] == 16 for c in kept) == bm16
+    assert all(c.kwargs["BLOCK_N"] <= max(32, 1 << (tokens - 1).bit_length()) for c in kept)
+    fp32 = sx._prune_fwd(sx._FWD_CONFIGS, {**args, "Qc": q.float()}, HEAD_DIM=32)
+    assert not any(c.kwargs["POLY_EXP"] for c in fp32)
