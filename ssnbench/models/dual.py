@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ssnbench.models.backbone import create_backbone, encode_pair
-from ssnbench.models.heads import MultiLabelHead
+from ssnbench.models.heads import two_image_heads
 from ssnbench.models.registry import check_choice, check_float, check_int, register_model
 from ssnbench.models.ssn import XATTN_IMPLS, TwoImageModel, build_cross_attention, resolve_stages
 
@@ -60,13 +60,7 @@ class DualEncoder(TwoImageModel):
             enc, stages, xattn, xattn_heads, xattn_impl, kv_reduction, image_size, xattn_dim
         )
         dim = enc.num_features
-        self.heads = nn.ModuleDict(
-            {
-                "clinic": MultiLabelHead(dim, drop_rate=drop_rate),
-                "derm": MultiLabelHead(dim, drop_rate=drop_rate),
-                "fused": MultiLabelHead(2 * dim, drop_rate=drop_rate),
-            }
-        )
+        self.heads = two_image_heads(dim, drop_rate)
         self.config = {
             "arch": "dual",
             "backbone": backbone,
@@ -88,31 +82,5 @@ class DualEncoder(TwoImageModel):
         }
 
 
-@register_model
-def dual(
-    backbone: str = "resnet50",
-    pretrained: bool | str = False,
-    image_size: int = 224,
-    xattn: str = "none",
-    xattn_stages: Sequence[int] | None = None,
-    xattn_heads: int = 8,
-    xattn_dim: int | str = "auto",
-    xattn_impl: str = "reference",
-    kv_reduction: int | str | Sequence[int] = "auto",
-    drop_rate: float = 0.0,
-    vit_stages: int = 4,
-) -> DualEncoder:
-    """Two encoders (FusionM4Net-style baseline), optional per-direction cross-attention."""
-    return DualEncoder(
-        backbone=backbone,
-        pretrained=pretrained,
-        image_size=image_size,
-        xattn=xattn,
-        xattn_stages=xattn_stages,
-        xattn_heads=xattn_heads,
-        xattn_dim=xattn_dim,
-        xattn_impl=xattn_impl,
-        kv_reduction=kv_reduction,
-        drop_rate=drop_rate,
-        vit_stages=vit_stages,
-    )
+#: Two encoders (FusionM4Net-style baseline), optional per-direction cross-attention.
+dual = register_model(DualEncoder, "dual")

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ssnbench.data.derm7pt import LABELS, NUM_CLASSES
 
-__all__ = ["MultiLabelHead"]
+__all__ = ["MultiLabelHead", "two_image_heads"]
 
 
 class MultiLabelHead(nn.Module):
@@ -40,3 +40,11 @@ class MultiLabelHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, labels={','.join(LABELS)}"
+
+
+def two_image_heads(dim: int, drop_rate: float = 0.0, share: bool = False) -> nn.ModuleDict:
+    """The heads of a two-image model on `dim`-wide pooled features: `clinic` and `derm` (or one
+    `modality` head serving both when `share`) and `fused` on the concatenated [2*dim] features."""
+    names = ("modality",) if share else ("clinic", "derm")
+    heads = {name: MultiLabelHead(dim, drop_rate=drop_rate) for name in names}
+    return nn.ModuleDict({**heads, "fused": MultiLabelHead(2 * dim, drop_rate=drop_rate)})

@@ -32,9 +32,10 @@ __all__ = [
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: make `fn` buildable as `build_model(fn.__name__, **options)`."""
-    name = fn.__name__
+def register_model(fn: Callable[..., nn.Module], name: str | None = None) -> Callable[..., nn.Module]:
+    """Make `fn` (a model class or a factory function) buildable as `build_model(name, **options)`;
+    `name` defaults to `fn.__name__`, and the options are the parameters of its signature."""
+    name = name or fn.__name__
     if name in _MODELS and _MODELS[name] is not fn:
         raise ValueError(f"model arch {name!r} registered twice")
     _MODELS[name] = fn

@@ -63,21 +63,5 @@ class SingleModality(nn.Module):
         return {"encoder": self.encoder, "cross_attention": self.cross_attention, "heads": self.heads}
 
 
-@register_model
-def single(
-    modality: str = "derm",
-    backbone: str = "resnet50",
-    pretrained: bool | str = False,
-    image_size: int = 224,
-    drop_rate: float = 0.0,
-    vit_stages: int = 4,
-) -> SingleModality:
-    """One modality only (the clinic-only / derm-only baselines)."""
-    return SingleModality(
-        modality=modality,
-        backbone=backbone,
-        pretrained=pretrained,
-        image_size=image_size,
-        drop_rate=drop_rate,
-        vit_stages=vit_stages,
-    )
+#: One modality only (the clinic-only / derm-only baselines).
+single = register_model(SingleModality, "single")

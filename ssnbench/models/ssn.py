@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ssnbench.errors import ConfigError
 from ssnbench.models.backbone import StagedBackbone, auto_kv_reduction, create_backbone, encode_pair
 from ssnbench.models.cross_attention import SharedCrossAttention, add_update
-from ssnbench.models.heads import MultiLabelHead
+from ssnbench.models.heads import two_image_heads
 from ssnbench.models.registry import check_bool, check_choice, check_float, check_int, register_model
 
 __all__ = [
@@ -232,21 +232,7 @@ class SSN(TwoImageModel):
             self.encoder, stages, xattn, xattn_heads, xattn_impl, kv_reduction, image_size, xattn_dim
         )
         dim = self.encoder.num_features
-        if self.share_heads:
-            self.heads = nn.ModuleDict(
-                {
-                    "modality": MultiLabelHead(dim, drop_rate=drop_rate),
-                    "fused": MultiLabelHead(2 * dim, drop_rate=drop_rate),
-                }
-            )
-        else:
-            self.heads = nn.ModuleDict(
-                {
-                    "clinic": MultiLabelHead(dim, drop_rate=drop_rate),
-                    "derm": MultiLabelHead(dim, drop_rate=drop_rate),
-                    "fused": MultiLabelHead(2 * dim, drop_rate=drop_rate),
-                }
-            )
+        self.heads = two_image_heads(dim, drop_rate, share=self.share_heads)
         self.config = {
             "arch": "ssn",
             "backbone": backbone,
@@ -269,33 +255,5 @@ class SSN(TwoImageModel):
         }
 
 
-@register_model
-def ssn(
-    backbone: str = "resnet50",
-    pretrained: bool | str = False,
-    image_size: int = 224,
-    xattn: str = "shared",
-    xattn_stages: Sequence[int] | None = None,
-    xattn_heads: int = 8,
-    xattn_dim: int | str = "auto",
-    xattn_impl: str = "reference",
-    kv_reduction: int | str | Sequence[int] = "auto",
-    share_heads: bool = False,
-    drop_rate: float = 0.0,
-    vit_stages: int = 4,
-) -> SSN:
-    """SSN (Tang & Lasser 2024): one shared encoder, shared multi-scale cross-attention, 3 heads."""
-    return SSN(
-        backbone=backbone,
-        pretrained=pretrained,
-        image_size=image_size,
-        xattn=xattn,
-        xattn_stages=xattn_stages,
-        xattn_heads=xattn_heads,
-        xattn_dim=xattn_dim,
-        xattn_impl=xattn_impl,
-        kv_reduction=kv_reduction,
-        share_heads=share_heads,
-        drop_rate=drop_rate,
-        vit_stages=vit_stages,
-    )
+#: SSN (Tang & Lasser 2024): one shared encoder, shared multi-scale cross-attention, 3 heads.
+ssn = register_model(SSN, "ssn")
