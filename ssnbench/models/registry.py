@@ -1,7 +1,8 @@
 """Model registry (timm-style): architectures are built by name from plain options.
 
-`@register_model` registers a builder function under its own name; `build_model(arch, **options)`
-checks the arch and the option names against the builder's signature, so a typo in a suite file is a
+`register_model(ModelClass, "name")` (or `@register_model` on a builder function, under its own
+name) registers a builder; `build_model(arch, **options)` checks the arch and the option names
+against the builder's signature, so a typo in a suite file is a
 one-line ConfigError naming the option (option *values* are checked by the builders, with the
 `check_*` helpers below, whose messages start with the option name).
 """
