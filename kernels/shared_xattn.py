@@ -286,26 +286,6 @@ def _bwd_select(
     return q_base, k_base, v_base, do_base, s_ql, s_kl, s_vl, s_gl, Lq, Lk
 
 
-@triton.jit
-def _bwd_out_select(direction, Xc, Xd, Yc, Yd, dQc, dKc, dVc, dQd, dKd, dVd):
-    """One direction's two row buffers (X, Y: e.g. LSE and Delta) and the gradients it writes:
-    dQ of its own queries, dK/dV of the other modality's keys and values (clinic queries attend to
-    derm keys, so direction 0 writes dK_d and dV_d)."""
-    if direction == 0:
-        x_base = Xc
-        y_base = Yc
-        dq_base = dQc
-        dk_base = dKd
-        dv_base = dVd
-    else:
-        x_base = Xd
-        y_base = Yd
-        dq_base = dQd
-        dk_base = dKc
-        dv_base = dVc
-    return x_base, y_base, dq_base, dk_base, dv_base
-
-
 @triton.jit(do_not_specialize=_NO_SPEC)
 def _bwd_small_kernel(
     Qc, Kc, Vc, Qd, Kd, Vd, dOc, dOd, Oc, Od, LSEc, LSEd,
@@ -329,9 +309,18 @@ def _bwd_small_kernel(
         sgc_b, sgc_h, sgc_l, sgd_b, sgd_h, sgd_l,
         Lc, Lkc, Ld, Lkd, b, h, direction,
     )
-    o_base, lse_base, dq_base, dk_base, dv_base = _bwd_out_select(
-        direction, Oc, Od, LSEc, LSEd, dQc, dKc, dVc, dQd, dKd, dVd
-    )
+    if direction == 0:  # gradients cross directions: dk_d, dv_d come from the clinic queries
+        o_base = Oc
+        lse_base = LSEc
+        dq_base = dQc
+        dk_base = dKd
+        dv_base = dVd
+    else:
+        o_base = Od
+        lse_base = LSEd
+        dq_base = dQd
+        dk_base = dKc
+        dv_base = dVc
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -437,9 +426,18 @@ def _bwd_kernel(
         sgc_b, sgc_h, sgc_l, sgd_b, sgd_h, sgd_l,
         Lc, Lkc, Ld, Lkd, b, h, direction,
     )
-    lse_base, del_base, dq_base, dk_base, dv_base = _bwd_out_select(
-        direction, LSEc, LSEd, DELc, DELd, dQc, dKc, dVc, dQd, dKd, dVd
-    )
+    if direction == 0:
+        lse_base = LSEc
+        del_base = DELc
+        dq_base = dQc
+        dk_base = dKd
+        dv_base = dVd
+    else:
+        lse_base = LSEd
+        del_base = DELd
+        dq_base = dQd
+        dk_base = dKc
+        dv_base = dVc
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d[None, :] < HEAD_DIM
     row0 = bh.to(tl.int64) * Lq
@@ -555,9 +553,18 @@ def _bwd_atomic_kernel(
         sgc_b, sgc_h, sgc_l, sgd_b, sgd_h, sgd_l,
         Lc, Lkc, Ld, Lkd, b, h, direction,
     )
-    lse_base, del_base, dqa_base, dk_base, dv_base = _bwd_out_select(
-        direction, LSEc, LSEd, DELc, DELd, DQAc, dKc, dVc, DQAd, dKd, dVd
-    )
+    if direction == 0:
+        lse_base = LSEc
+        del_base = DELc
+        dqa_base = DQAc
+        dk_base = dKd
+        dv_base = dVd
+    else:
+        lse_base = LSEd
+        del_base = DELd
+        dqa_base = DQAd
+        dk_base = dKc
+        dv_base = dVc
     start_n = pid * BLOCK_N
     if start_n >= Lk:
         return

@@ -55,6 +55,8 @@ models:  # the names of suites/bench_gpu.yaml, so the floors code runs end to en
   - {name: ssn-r50, arch: ssn, options: {xattn: none}}
   - {name: ssn-r50-xattn-triton, arch: ssn, options: {xattn: shared, xattn_impl: triton}}
   - {name: ssn-r50-xattn-sdpa, arch: ssn, options: {xattn: shared, xattn_impl: sdpa}}
+  - {name: ssn-r50-xattn-triton-graph, arch: ssn, options: {xattn: shared, xattn_impl: triton, xattn_cuda_graph: true}}
+  - {name: ssn-r50-xattn-sdpa-graph, arch: ssn, options: {xattn: shared, xattn_impl: sdpa, xattn_cuda_graph: true}}
   - {name: dual-r50, arch: dual, options: {xattn: none}}
   - {name: dual-r50-xattn, arch: dual, options: {xattn: separate, xattn_impl: triton}}
 EOF
@@ -101,25 +103,33 @@ print(f"floors on {env['device']} (torch {env['torch']}, triton {env['triton']},
       f"amp {data['rows'][0].get('amp')}, channels_last {data['rows'][0].get('channels_last')}):")
 for b in sorted({k[1] for k in rows}):
     get = lambda name, col: (rows.get((name, b)) or {}).get(col)  # noqa: E731
-    ssn, trit, sdpa, dual = (get(n, "train_samples_per_sec") for n in
-                             ("ssn-r50", "ssn-r50-xattn-triton", "ssn-r50-xattn-sdpa", "dual-r50"))
+    ssn, dual = get("ssn-r50", "train_samples_per_sec"), get("dual-r50", "train_samples_per_sec")
     mem = {n: get(n, "train_peak_memory_mb") for n in ("ssn-r50", "ssn-r50-xattn-triton", "dual-r50",
-                                                        "dual-r50-xattn")}
+                                                        "dual-r50-xattn", "ssn-r50-xattn-triton-graph")}
 
     def line(text, ok):
         mark = "-" if ok is None else ("ok" if ok else "MISS")
-        print(f"  B={b:<3} {text:<64} {mark}")
+        print(f"  B={b:<3} {text:<72} {mark}")
 
     have = lambda *v: all(x is not None for x in v)  # noqa: E731
     line(f"SSN train {ssn} img/s vs dual {dual}: x{ssn / dual:.2f} (>= 1.6)" if have(ssn, dual)
          else "SSN vs dual train img/s: missing", (ssn / dual >= 1.6) if have(ssn, dual) else None)
-    line(f"xattn triton costs {1 - trit / ssn:.1%} of SSN train img/s (<= 15%)" if have(trit, ssn)
-         else "xattn triton cost: missing", (1 - trit / ssn <= 0.15) if have(trit, ssn) else None)
-    line(f"triton {trit} vs sdpa {sdpa} train img/s: x{trit / sdpa:.2f} (> 1)" if have(trit, sdpa)
-         else "triton vs sdpa: missing", (trit > sdpa) if have(trit, sdpa) else None)
+    for tag in ("", "-graph"):  # eager blocks, then blocks replayed as CUDA graphs
+        trit, sdpa = (get(f"ssn-r50-xattn-{i}{tag}", "train_samples_per_sec") for i in ("triton", "sdpa"))
+        blocks = "graphed blocks" if tag else "eager blocks"
+        if tag and not have(trit, sdpa):
+            continue
+        line(f"{blocks}: xattn triton costs {1 - trit / ssn:.1%} of SSN train img/s (<= 15%)"
+             if have(trit, ssn) else "xattn triton cost: missing",
+             (1 - trit / ssn <= 0.15) if have(trit, ssn) else None)
+        line(f"{blocks}: triton {trit} vs sdpa {sdpa} train img/s: x{trit / sdpa:.2f} (> 1)"
+             if have(trit, sdpa) else "triton vs sdpa: missing", (trit > sdpa) if have(trit, sdpa) else None)
     for name, other in (("ssn-r50", "dual-r50"), ("ssn-r50-xattn-triton", "dual-r50"),
-                        ("ssn-r50-xattn-triton", "dual-r50-xattn")):
+                        ("ssn-r50-xattn-triton", "dual-r50-xattn"),
+                        ("ssn-r50-xattn-triton-graph", "dual-r50-xattn")):
         m, d = mem[name], mem[other]
+        if m is None and name.endswith("-graph"):
+            continue
         line(f"{name} peak train {m} MiB vs {other} {d} MiB (<=)" if have(m, d)
              else f"{name} vs {other} memory: missing", (m <= d) if have(m, d) else None)
 for r in data["rows"]:

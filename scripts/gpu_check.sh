@@ -97,7 +97,8 @@ if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
     XDIST=()  # parallel workers: Triton compiles are CPU-bound and the box has 16 cores
     if [[ "$GPU" == 1 ]] && "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n "${TEST_WORKERS:-4}"); fi
     SSNBENCH_XATTN_AUTOTUNE=0 step kernel_tests "$T_TESTS" "$OUT/kernel_tests.log" \
-        "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" -m gpu -rs --durations=8 tests/test_kernels_gpu.py
+        "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" -m gpu -rs --durations=8 tests/test_kernels_gpu.py \
+        tests/test_block_graphs.py tests/test_kernels_bench.py tests/test_cross_attention.py
 fi
 
 # ---- 3. host-cost profile ------------------------------------------------------------------------
@@ -153,11 +154,25 @@ for s in r["speedups"]:
     print(f"{L:>5} {D:>3} | {f.get('fwd_ms', 0):9.4f} {q.get('fwd_ms', 0):9.4f} {s.get('fwd_speedup_vs_sdpa_2calls', 0):5.2f} {ok('fwd_floor_met'):>5} |"
           f" {f.get('fwdbwd_ms', 0):9.4f} {b.get('fwdbwd_ms', 0):9.4f} {s.get('fwdbwd_speedup_vs_best', 0):5.2f} {ok('fwdbwd_floor_met'):>5} |"
           f" {fx.get('fwd_ms', 0):.4f}/{fx.get('fwdbwd_ms', 0):.4f}")
+if any("fwd_graph_speedup_vs_sdpa_2calls" in s or "fwdbwd_graph_speedup_vs_best" in s for s in r["speedups"]):
+    print("device time (CUDA-graph replay):")
+    print(f"{'L':>5} {'D':>3} | {'fused fwd':>9} {'sdpa2 fwd':>9} {'x':>5} {'floor':>5} | {'fused f+b':>9} {'best f+b':>9} {'x':>5} {'floor':>5} best")
+    for s in r["speedups"]:
+        L, D = s["L"], s["D"]
+        f, q = rows.get((L, D, "fused"), {}), rows.get((L, D, "sdpa_2calls"), {})
+        best = s.get("fwdbwd_graph_best_baseline")
+        b = rows.get((L, D, best), {})
+        ok = lambda k: "ok" if s.get(k) else ("MISS" if k in s else "-")
+        print(f"{L:>5} {D:>3} | {f.get('fwd_graph_ms', 0):9.4f} {q.get('fwd_graph_ms', 0):9.4f} {s.get('fwd_graph_speedup_vs_sdpa_2calls', 0):5.2f} {ok('fwd_graph_floor_met'):>5} |"
+              f" {f.get('fwdbwd_graph_ms', 0):9.4f} {b.get('fwdbwd_graph_ms', 0):9.4f} {s.get('fwdbwd_graph_speedup_vs_best', 0):5.2f} {ok('fwdbwd_graph_floor_met'):>5} {best}")
 if not r["speedups"]:
     print(r.get("note") or "no fused rows")
 for x in r["rows"]:
     if "error" in x:
         print("error:", x["L"], x["D"], x["method"], x["error"])
+    for k in ("fwd_graph_error", "fwdbwd_graph_error"):
+        if k in x:
+            print("graph error:", x["L"], x["D"], x["method"], k, x[k])
 EOF
     fi
     [[ -f "$OUT/models.log" ]] && { echo "--- models (tail)"; tail -n 12 "$OUT/models.log"; }

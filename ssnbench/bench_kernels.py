@@ -13,10 +13,26 @@ times forward and forward+backward of both directions for:
 - compiled    torch.compile(dynamic=True) of the naive two-direction core
 and reports TFLOP/s (FLOPs = 4·B·H·Lq·Lk·D per direction forward, x2 directions; backward ≈ 2.5x
 forward), % of the bf16 matmul peak measured in the same run, and the issue's speed floors.
-GPU timing: triton.testing.do_bench(..., return_mode="median"). On CPU it runs the PyTorch paths at
-a reduced size with torch.utils.benchmark and says the Triton figures need a GPU.
+
+Two timings per method on a GPU, both medians in ms per call:
+- eager (host-inclusive): triton.testing.do_bench(..., return_mode="median") of the plain Python
+  call, i.e. what a caller sees from eager PyTorch, host launch/dispatch cost included (`fwd_ms`,
+  `fwdbwd_ms`);
+- graph (device time): the same call captured unrolled (up to 20 times; fewer once the eager call
+  takes over 0.25 ms) in one CUDA graph, replayed alone 15 times between CUDA events
+  (`fwd_graph_ms`, `fwdbwd_graph_ms`). This is the device time of the kernels with the host launch
+  cost removed; there is no L2 flush between the unrolled calls and every method is treated the same
+  way. Forward runs under no_grad, forward+backward as torch.autograd.grad(outputs, leaves,
+  grad_outputs) (no accumulation into .grad). A method that fails to capture (the torch.compile
+  baseline may) gets `fwd_graph_error` / `fwdbwd_graph_error` instead and the rest goes on.
+Both are reported because at 49 and 196 tokens an eager call is host-bound (its launches cost more
+than its kernels), while inside a CUDA-graphed model block only the device time counts; the speedups
+and floors are given under both (`*_graph_*` keys for the graph ones).
+On CPU it runs the PyTorch paths at a reduced size with torch.utils.benchmark (eager only) and says
+the Triton figures need a GPU.
 Env: SSNBENCH_BENCH_COMPILE=0 skips the torch.compile baseline, SSNBENCH_PRECOMPILE=0 the parallel
-precompile of the Triton autotune candidates.
+precompile of the Triton autotune candidates, SSNBENCH_BENCH_GRAPH=0 the CUDA-graph timing (as does
+`run(graph=False)` or a `no_graph` CLI flag).
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +62,11 @@ METHOD_ENV = {
     "fused_fixed": {"SSNBENCH_XATTN_AUTOTUNE": "0"},  # fixed config table instead of autotuned
     "fused_op": {"SSNBENCH_XATTN_CUSTOM_OP": "1"},  # through torch.library dispatch (what compile sees)
 }
+
+GRAPH_CALLS = 20  # calls unrolled in one CUDA graph (at most)
+GRAPH_TARGET_MS = 5.0  # ...fewer when the eager call is long: about this much eager time per replay
+GRAPH_REPLAYS = 15  # replays timed, each alone between CUDA events
+GRAPH_WARMUP = 3  # calls on a side stream before capture
 
 Inputs = list[Tensor]
 
@@ -109,6 +131,65 @@ def _timer(gpu: bool, quick: bool) -> Callable[..., float]:
     return time_cpu
 
 
+def _graph_ms(fn: Callable[[], Any], calls_per_graph: int = GRAPH_CALLS,
+              replays: int = GRAPH_REPLAYS) -> float:
+    """Median device milliseconds per fn() call: `calls_per_graph` unrolled calls captured in one CUDA
+    graph, `replays` replays each timed alone with CUDA events. The caller sets the grad mode."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up on a side stream, as the CUDA-graph docs require
+        for _ in range(GRAPH_WARMUP):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(g):
+            for _ in range(calls_per_graph):
+                fn()
+        g.replay()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(replays):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            g.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    finally:
+        del g
+    return statistics.median(times) / calls_per_graph
+
+
+def _graph_calls(eager_ms: float) -> int:
+    """Calls per graph: GRAPH_CALLS, fewer for long calls (no host cost left to hide there)."""
+    return max(1, min(GRAPH_CALLS, int(GRAPH_TARGET_MS / max(eager_ms, 1e-6))))
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).splitlines()
+    return f"{type(err).__name__}: {(lines[0] if lines else '')[:160]}"
+
+
+def _time_graphs(row: dict[str, Any], call: Callable[[], Any], leaves: Inputs, grads: Inputs) -> None:
+    """Adds fwd_graph_ms / fwdbwd_graph_ms (or *_graph_error) to `row`, which has the eager times."""
+
+    def fwd_bwd() -> None:
+        torch.autograd.grad(call(), leaves, grads)
+
+    for key, fn, grad in (("fwd", call, False), ("fwdbwd", fwd_bwd, True)):
+        calls = _graph_calls(row[f"{key}_ms"])
+        try:
+            torch.cuda.empty_cache()  # the graph's private pool cannot use blocks cached outside it
+            with torch.set_grad_enabled(grad):
+                row[f"{key}_graph_ms"] = _graph_ms(fn, calls, GRAPH_REPLAYS)
+            row[f"{key}_graph_calls"] = calls
+        except Exception as err:  # e.g. a baseline that cannot be captured; the others go on
+            row[f"{key}_graph_error"] = _one_line(err)
+
+
 def _inputs(B: int, H: int, L: int, D: int, dtype: torch.dtype, device: str, grad: bool) -> Inputs:
     g = torch.Generator(device=device).manual_seed(0)
     shape = (B, H, L, D)
@@ -141,9 +222,11 @@ def _measure_peaks(gpu: bool) -> dict[str, float]:
 
 def _bench_shape(
     B: int, H: int, L: int, D: int, dtype: torch.dtype, device: str,
-    methods: dict, timer: Callable, peaks: dict,
+    methods: dict, timer: Callable, peaks: dict, graph: bool = False,
 ) -> list[dict[str, Any]]:
+    """Eager timings of every method at one shape; with `graph` (GPU only) also CUDA-graph timings."""
     gpu = device == "cuda"
+    graph = graph and gpu
     x = _inputs(B, H, L, D, dtype, device, grad=True)
     grads = None
     rows = []
@@ -181,10 +264,18 @@ def _bench_shape(
             if name.startswith("fused"):
                 elem = torch.finfo(dtype).bits // 8
                 row["fwd_gbps"] = (8 * B * H * L * D * elem + 2 * B * H * L * 4) / row["fwd_ms"] / 1e6
+            if graph:
+                for t in leaves:
+                    t.grad = None
+                _time_graphs(row, call, leaves, grads)
+                if "fwd_graph_ms" in row:
+                    row["fwd_graph_tflops"] = flops / row["fwd_graph_ms"] / 1e9
+                if "fwdbwd_graph_ms" in row:
+                    row["fwdbwd_graph_tflops"] = 3.5 * flops / row["fwdbwd_graph_ms"] / 1e9
         except torch.OutOfMemoryError:
             row["error"] = "out of memory"
         except Exception as err:  # a baseline failing must not hide the others
-            row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+            row["error"] = _one_line(err)
         finally:
             env.stop()
             for t in leaves:
@@ -196,7 +287,8 @@ def _bench_shape(
 
 
 def _speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per shape: fused vs SDPA-per-direction (fwd) and vs the best PyTorch baseline (fwd+bwd)."""
+    """Per shape: fused vs SDPA-per-direction (fwd) and vs the best PyTorch baseline (fwd+bwd), from the
+    eager times and, where the rows have them, from the CUDA-graph times (`*_graph_*` keys)."""
     out = []
     shapes = sorted({(r["L"], r["D"]) for r in rows})
     for L, D in shapes:
@@ -218,6 +310,18 @@ def _speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if L in FWDBWD_FLOORS and "fwdbwd_speedup_vs_best" in rec:
             rec["fwdbwd_floor"] = FWDBWD_FLOORS[L]
             rec["fwdbwd_floor_met"] = rec["fwdbwd_speedup_vs_best"] >= FWDBWD_FLOORS[L]
+        if "fwd_graph_ms" in fused and "fwd_graph_ms" in by.get("sdpa_2calls", {}):
+            sdpa_ms = by["sdpa_2calls"]["fwd_graph_ms"]
+            rec["fwd_graph_speedup_vs_sdpa_2calls"] = sdpa_ms / fused["fwd_graph_ms"]
+            if L in FWD_FLOORS:
+                rec["fwd_graph_floor_met"] = rec["fwd_graph_speedup_vs_sdpa_2calls"] >= FWD_FLOORS[L]
+        base = [(by[m]["fwdbwd_graph_ms"], m) for m in BASELINES if "fwdbwd_graph_ms" in by.get(m, {})]
+        if base and "fwdbwd_graph_ms" in fused:
+            best_ms, best = min(base)
+            rec["fwdbwd_graph_best_baseline"] = best
+            rec["fwdbwd_graph_speedup_vs_best"] = best_ms / fused["fwdbwd_graph_ms"]
+            if L in FWDBWD_FLOORS:
+                rec["fwdbwd_graph_floor_met"] = rec["fwdbwd_graph_speedup_vs_best"] >= FWDBWD_FLOORS[L]
         out.append(rec)
     return out
 
@@ -246,15 +350,24 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def _graph_enabled(graph: bool | None, gpu: bool) -> bool:
+    """CUDA-graph timing: only on a GPU; `graph` None means on unless SSNBENCH_BENCH_GRAPH=0."""
+    if graph is None:
+        graph = os.environ.get("SSNBENCH_BENCH_GRAPH", "1") != "0"
+    return bool(graph) and gpu
+
+
 def run(quick: bool = False, device: str | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         lengths: Sequence[int] | None = None, dims: Sequence[int] | None = None,
-        methods: Sequence[str] | None = None) -> dict[str, Any]:
+        methods: Sequence[str] | None = None, graph: bool | None = None) -> dict[str, Any]:
     """Run the benchmark and return the JSON-able result; `on_progress` gets the partial result
     after every shape (the CLI rewrites --json then, so a run cut short still leaves its rows).
-    `methods` picks a subset of the rows (default: all available)."""
+    `methods` picks a subset of the rows (default: all available). `graph` turns the CUDA-graph
+    (device time) timing on or off (default: on for a GPU unless SSNBENCH_BENCH_GRAPH=0)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device == "cuda"
+    graph = _graph_enabled(graph, gpu)
     if gpu:
         B, H, dtype = 32, 8, torch.bfloat16
         default_lengths, default_dims = ((49, 196, 784), (32,)) if quick else ((49, 196, 784, 3136), (32, 64))
@@ -293,6 +406,8 @@ def run(quick: bool = False, device: str | None = None,
             "directions; forward+backward = 3.5x forward",
             "peaks": peaks,
             "precompile": precompiled,
+            "graph_timing": {"calls_per_graph_max": GRAPH_CALLS, "target_ms_per_replay": GRAPH_TARGET_MS,
+                             "replays": GRAPH_REPLAYS, "warmup": GRAPH_WARMUP} if graph else None,
             "rows": list(rows),
             "speedups": _speedups(rows),
             "note": None if gpu else "CPU run at reduced size (B=2, fp32): Triton figures need a GPU.",
@@ -309,7 +424,7 @@ def run(quick: bool = False, device: str | None = None,
 
     for D in dims:
         for L in lengths:
-            rows += _bench_shape(B, H, L, D, dtype, device, methods_run, timer, peaks)
+            rows += _bench_shape(B, H, L, D, dtype, device, methods_run, timer, peaks, graph=graph)
             if on_progress is not None:
                 on_progress(snapshot(False))
     return snapshot(True)
@@ -330,37 +445,62 @@ def print_tables(result: dict[str, Any]) -> None:
         f"{result['rows'][0]['dtype']} — {env['device']} (torch {env['torch']}, triton {env['triton']})"
     )
     table = Table(title=title)
+    graph_keys = ("fwd_graph_ms", "fwdbwd_graph_ms", "fwd_graph_error", "fwdbwd_graph_error")
+    graphed = any(k in r for r in result["rows"] for k in graph_keys)
     cols = ("L", "D", "method", "fwd ms", "fwd TFLOP/s", "fwd %peak")
     cols += ("fwd+bwd ms", "f+b TFLOP/s", "f+b %peak")
+    if graphed:
+        cols += ("fwd graph ms", "fwd graph TFLOP/s", "f+b graph ms", "f+b graph TFLOP/s")
     for col in cols:
         table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method")
+
+    def graph_cells(r: dict[str, Any]) -> list[str]:
+        cells = []
+        for k in ("fwd", "fwdbwd"):
+            ms = "failed" if f"{k}_graph_error" in r else _fmt(r.get(f"{k}_graph_ms"))
+            cells += [ms, _fmt(r.get(f"{k}_graph_tflops"), ".2f")]
+        return cells if graphed else []
+
     for r in result["rows"]:
         if "error" in r:
-            table.add_row(str(r["L"]), str(r["D"]), r["method"], r["error"], *["-"] * 5)
+            table.add_row(str(r["L"]), str(r["D"]), r["method"], r["error"], *["-"] * (len(cols) - 4))
             continue
         table.add_row(
             str(r["L"]), str(r["D"]), r["method"], _fmt(r["fwd_ms"]), _fmt(r["fwd_tflops"], ".2f"),
             _fmt(r.get("fwd_pct_peak"), ".1f"), _fmt(r["fwdbwd_ms"]), _fmt(r["fwdbwd_tflops"], ".2f"),
-            _fmt(r.get("fwdbwd_pct_peak"), ".1f"),
+            _fmt(r.get("fwdbwd_pct_peak"), ".1f"), *graph_cells(r),
         )
     console.print(table)
+    if graphed:
+        console.print("ms columns: eager = host-inclusive (do_bench of the Python call); graph = device time "
+                      "per call under CUDA-graph replay (host launch cost removed, no L2 flush).")
+    for r in result["rows"]:
+        for k in ("fwd", "fwdbwd"):
+            if f"{k}_graph_error" in r:
+                console.print(f"graph capture failed: L={r['L']} D={r['D']} {r['method']} {k}: "
+                              f"{r[f'{k}_graph_error']}", markup=False)
     peaks = result.get("peaks") or {}
     if peaks:
         console.print(
             f"measured ceilings: bf16 matmul {peaks['bf16_matmul_tflops']:.0f} TFLOP/s, "
             f"copy {peaks['copy_tbps']:.2f} TB/s. {result['flop_convention']}"
         )
-    if result["speedups"]:
-        sp = Table(title="fused vs PyTorch (floors from issue 4)")
-        cols = ("L", "D", "fwd x SDPA-2calls", "floor", "met", "f+b x best", "best baseline", "floor", "met")
+    cols = ("L", "D", "fwd x SDPA-2calls", "floor", "met", "f+b x best", "best baseline", "floor", "met")
+    for title, tag in (("eager, host-inclusive", ""), ("device time, CUDA-graph replay", "_graph")):
+        recs = [s for s in result["speedups"]
+                if f"fwd{tag}_speedup_vs_sdpa_2calls" in s or f"fwdbwd{tag}_speedup_vs_best" in s]
+        if not recs:
+            continue
+        sp = Table(title=f"fused vs PyTorch, {title} (floors from issue 4)")
         for col in cols:
             sp.add_column(col)
-        for s in result["speedups"]:
+        for s in recs:
             sp.add_row(
-                str(s["L"]), str(s["D"]), _fmt(s.get("fwd_speedup_vs_sdpa_2calls"), ".2f"),
-                _fmt(s.get("fwd_floor"), ".2f"), str(s.get("fwd_floor_met", "-")),
-                _fmt(s.get("fwdbwd_speedup_vs_best"), ".2f"), str(s.get("fwdbwd_best_baseline", "-")),
-                _fmt(s.get("fwdbwd_floor"), ".2f"), str(s.get("fwdbwd_floor_met", "-")),
+                str(s["L"]), str(s["D"]), _fmt(s.get(f"fwd{tag}_speedup_vs_sdpa_2calls"), ".2f"),
+                _fmt(FWD_FLOORS.get(s["L"]), ".2f"), str(s.get(f"fwd{tag}_floor_met", "-")),
+                _fmt(s.get(f"fwdbwd{tag}_speedup_vs_best"), ".2f"),
+                str(s.get(f"fwdbwd{tag}_best_baseline", "-")),
+                _fmt(FWDBWD_FLOORS.get(s["L"]), ".2f"), str(s.get(f"fwdbwd{tag}_floor_met", "-")),
             )
         console.print(sp)
     if result.get("note"):
@@ -376,10 +516,11 @@ def cli(args: argparse.Namespace) -> int:
             path.write_text(json.dumps(result, indent=2, default=str))
 
     methods = getattr(args, "methods", None)
+    graph = False if getattr(args, "no_graph", False) else None  # None: SSNBENCH_BENCH_GRAPH decides
     try:
         result = run(quick=bool(getattr(args, "quick", False)), on_progress=write,
                      lengths=getattr(args, "lengths", None), dims=getattr(args, "head_dims", None),
-                     methods=methods.split(",") if methods else None)
+                     methods=methods.split(",") if methods else None, graph=graph)
     except ValueError as err:
         raise UserError(str(err)) from None
     write(result)

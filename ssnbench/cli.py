@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     kern.add_argument("--head-dims", type=_int_list, default=None, help="head dims, e.g. 32,64")
     kern.add_argument("--methods", default=None,
                       help="comma list of rows to time, e.g. fused,sdpa_2calls (default: all)")
+    kern.add_argument("--no-graph", action="store_true",
+                      help="skip the CUDA-graph (device time) timing next to the eager timing")
     _command(kern, "ssnbench.bench_kernels:cli")
     models = bench_sub.add_parser("models", help="inference/training throughput of a suite's models")
     models.add_argument("--suite", required=True, help="suite YAML whose models are benchmarked")

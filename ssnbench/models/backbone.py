@@ -32,6 +32,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -287,10 +288,13 @@ def auto_kv_reduction(grid: tuple[int, int], budget: int = KV_TOKEN_BUDGET) -> i
     return r
 
 
-def _apply_stacked(block: nn.Module, m: Tensor, b: int) -> Tensor:
+def _apply_stacked(block: nn.Module, m: Tensor, b: int, graphs: Any = None) -> Tensor:
     """block on a [2B, C, H, W] map holding clinic (first b) then derm: its `forward_stacked` if it
-    has one, else its two-map forward on the halves, re-stacked."""
+    has one (through `graphs`, its BlockGraphs, when given), else its two-map forward on the
+    halves, re-stacked."""
     stacked = getattr(block, "forward_stacked", None)
+    if stacked is not None and graphs is not None:
+        return graphs.stacked(m, b)
     if stacked is not None:
         return stacked(m, b)
     return torch.cat(block(m[:b], m[b:]))
@@ -302,28 +306,32 @@ def encode_pair(
     clinic: Tensor,
     derm: Tensor,
     blocks: Mapping[int, nn.Module] | nn.ModuleDict | None = None,
+    graphs: Mapping[int, Any] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Pooled features of both images; `blocks[i](f_c, f_d)` acts on the maps after stage i.
 
     With one shared encoder (`enc_c is enc_d`) and equal image sizes both images run as ONE batch
     of 2B (one pass of the encoder; BatchNorm sees both modalities together, as in SSN); otherwise
     each modality runs on its own. On the one-batch path a block with `forward_stacked(m, b)` gets the
-    2B map as is (SharedCrossAttention: no split and re-concatenation around it).
+    2B map as is (SharedCrossAttention: no split and re-concatenation around it). `graphs[i]`, a
+    `BlockGraphs` of block i, replays that block as CUDA graphs where it can (`xattn_cuda_graph`).
     """
     blocks = {int(k): v for k, v in (blocks or {}).items()}
+    graphs = {int(k): v for k, v in (graphs or {}).items()}
     b = clinic.shape[0]
     if enc_c is enc_d and clinic.shape == derm.shape:
         x = torch.cat([clinic, derm])
         for i in range(enc_c.num_stages):
             x = enc_c.forward_stage(i, x)
             if i in blocks:
-                x = enc_c.from_map(_apply_stacked(blocks[i], enc_c.to_map(x), b), x)
+                x = enc_c.from_map(_apply_stacked(blocks[i], enc_c.to_map(x), b, graphs.get(i)), x)
         f = enc_c.pool(x)
         return f[:b], f[b:]
     x_c, x_d = clinic, derm
     for i in range(enc_c.num_stages):
         x_c, x_d = enc_c.forward_stage(i, x_c), enc_d.forward_stage(i, x_d)
         if i in blocks:
-            m_c, m_d = blocks[i](enc_c.to_map(x_c), enc_d.to_map(x_d))
+            run = graphs[i].pair if i in graphs else blocks[i]
+            m_c, m_d = run(enc_c.to_map(x_c), enc_d.to_map(x_d))
             x_c, x_d = enc_c.from_map(m_c, x_c), enc_d.from_map(m_d, x_d)
     return enc_c.pool(x_c), enc_d.pool(x_d)

@@ -40,6 +40,7 @@ class DualEncoder(TwoImageModel):
         xattn_dim: int | str = "auto",
         xattn_impl: str = "reference",
         kv_reduction: int | str | Sequence[int] = "auto",
+        xattn_cuda_graph: bool = False,
         drop_rate: float = 0.0,
         vit_stages: int = 4,
     ) -> None:
@@ -70,10 +71,12 @@ class DualEncoder(TwoImageModel):
             "drop_rate": drop_rate,
             **xinfo,
         }
+        self.set_xattn_cuda_graph(xattn_cuda_graph)
 
     def forward(self, clinic: Tensor, derm: Tensor) -> dict[str, list[Tensor]]:
         f_c, f_d = encode_pair(
-            self.encoder["clinic"], self.encoder["derm"], clinic, derm, self.cross_attention
+            self.encoder["clinic"], self.encoder["derm"], clinic, derm, self.cross_attention,
+            self.block_graphs,
         )
         return {
             "clinic": self.heads["clinic"](f_c),

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ssnbench.errors import ConfigError
 from ssnbench.models.backbone import StagedBackbone, auto_kv_reduction, create_backbone, encode_pair
+from ssnbench.models.block_graphs import BlockGraphs
 from ssnbench.models.cross_attention import SharedCrossAttention, add_update
 from ssnbench.models.heads import two_image_heads
 from ssnbench.models.registry import check_bool, check_choice, check_float, check_int, register_model
@@ -195,6 +196,15 @@ class TwoImageModel(nn.Module):
             block.impl = impl
         self.config["xattn_impl"] = impl
 
+    def set_xattn_cuda_graph(self, enabled: bool) -> None:
+        """Replay every cross-attention block as CUDA graphs in CUDA training steps (see
+        models/block_graphs.py: why, and where it falls back to eager), or stop doing so."""
+        enabled = check_bool("xattn_cuda_graph", enabled)
+        self.block_graphs = (
+            {int(k): BlockGraphs(b) for k, b in self.cross_attention.items()} if enabled else {}
+        )
+        self.config["xattn_cuda_graph"] = enabled
+
 
 class SSN(TwoImageModel):
     """Single-shared network; see the module docstring. `forward(clinic, derm) -> {head: [8 logits]}`."""
@@ -213,6 +223,7 @@ class SSN(TwoImageModel):
         xattn_dim: int | str = "auto",
         xattn_impl: str = "reference",
         kv_reduction: int | str | Sequence[int] = "auto",
+        xattn_cuda_graph: bool = False,
         share_heads: bool = False,
         drop_rate: float = 0.0,
         vit_stages: int = 4,
@@ -243,9 +254,12 @@ class SSN(TwoImageModel):
             "drop_rate": drop_rate,
             **xinfo,
         }
+        self.set_xattn_cuda_graph(xattn_cuda_graph)
 
     def forward(self, clinic: Tensor, derm: Tensor) -> dict[str, list[Tensor]]:
-        f_c, f_d = encode_pair(self.encoder, self.encoder, clinic, derm, self.cross_attention)
+        f_c, f_d = encode_pair(
+            self.encoder, self.encoder, clinic, derm, self.cross_attention, self.block_graphs
+        )
         head_c = self.heads["modality" if self.share_heads else "clinic"]
         head_d = self.heads["modality" if self.share_heads else "derm"]
         return {
