@@ -77,13 +77,16 @@ def block_costs(batch: int) -> list[dict]:
     the stage's C channels (512/1024/2048) down to 256, 8 heads, on the 2B-image map of the shared
     encoder, bf16 autocast, channels_last. Forward+backward per impl and per path (`stacked`: the
     one-batch path SSN takes; `pair`: split into two maps and re-concatenated, the path before
-    forward_stacked): host µs per call (queued) and device-synced ms per call."""
+    forward_stacked; `graph`: stacked, replayed as CUDA graphs, CUDA only): host µs per call
+    (queued) and device-synced ms per call."""
     from ssnbench.models.backbone import auto_kv_reduction
+    from ssnbench.models.block_graphs import BlockGraphs
     from ssnbench.models.ssn import ProjectedCrossAttention
 
     paths = {
         "stacked": lambda block, x: block.forward_stacked(x, batch),
         "pair": lambda block, x: torch.cat(block(x[:batch], x[batch:])),
+        "graph": None,  # the stacked path replayed as CUDA graphs (xattn_cuda_graph)
     }
     rows = []
     for side, channels in ((28, 512), (14, 1024), (7, 2048)):
@@ -94,7 +97,11 @@ def block_costs(batch: int) -> list[dict]:
         for impl in ("triton", "sdpa"):
             block = ProjectedCrossAttention(channels, 256, num_heads=8, impl=impl, kv_reduction=r).to(DEVICE)
             block = block.to(memory_format=torch.channels_last)
+            graphs = BlockGraphs(block)
+            paths["graph"] = lambda block, x, graphs=graphs: graphs.stacked(x, batch)
             for path, run in paths.items():
+                if path == "graph" and DEVICE != "cuda":
+                    continue
 
                 def step(block=block, run=run, x=x) -> None:
                     with torch.autocast(DEVICE, dtype=torch.bfloat16):
