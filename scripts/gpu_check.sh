@@ -21,7 +21,8 @@
 #              cut to what is left), T_TESTS / T_PROFILE / T_BENCH / T_MODELS / T_PYBENCH (per-step
 #              seconds; T_PYBENCH=0 skips the pytest benchmarks), SKIP_TESTS=1, SKIP_PROFILE=1,
 #              SKIP_BENCH=1, SKIP_MODELS=1, PROFILE_ARGS (extra profile_xattn.py options), BENCH_METHODS, BENCH_LENGTHS, BENCH_DIMS, MODELS_SUITE,
-#              MODELS_BATCH_SIZES, MODELS_ON_CPU=1, MODELS_ROUNDS (bench models --rounds, e.g. 3).
+#              MODELS_BATCH_SIZES, MODELS_ON_CPU=1, MODELS_ROUNDS (bench models --rounds, e.g. 3),
+#              TEST_FILES (the GPU-marked test files of step 2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,7 @@ T_PROFILE="${T_PROFILE:-90}"
 T_BENCH="${T_BENCH:-260}"
 T_MODELS="${T_MODELS:-120}"
 T_PYBENCH="${T_PYBENCH:-90}"
+TEST_FILES="${TEST_FILES:-tests/test_kernels_gpu.py tests/test_block_graphs.py tests/test_kernels_bench.py tests/test_cross_attention.py}"
 START=$SECONDS
 declare -A STATUS
 
@@ -97,8 +99,7 @@ if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
     XDIST=()  # parallel workers: Triton compiles are CPU-bound and the box has 16 cores
     if [[ "$GPU" == 1 ]] && "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n "${TEST_WORKERS:-4}"); fi
     SSNBENCH_XATTN_AUTOTUNE=0 step kernel_tests "$T_TESTS" "$OUT/kernel_tests.log" \
-        "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" -m gpu -rs --durations=8 tests/test_kernels_gpu.py \
-        tests/test_block_graphs.py tests/test_kernels_bench.py tests/test_cross_attention.py
+        "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" -m gpu -rs --durations=8 $TEST_FILES
 fi
 
 # ---- 3. host-cost profile ------------------------------------------------------------------------

@@ -191,11 +191,15 @@ def _time_graphs(row: dict[str, Any], call: Callable[[], Any], leaves: Inputs, g
 
 
 def _inputs(B: int, H: int, L: int, D: int, dtype: torch.dtype, device: str, grad: bool) -> Inputs:
-    g = torch.Generator(device=device).manual_seed(0)
+    """Six random [B, H, L, D] tensors, drawn on the CPU: a CUDA graph capture that fails leaves the
+    CUDA generators unusable ("Offset increment outside graph capture") for the rest of the process."""
+    g = torch.Generator().manual_seed(0)
     shape = (B, H, L, D)
-    return [
-        torch.randn(shape, device=device, dtype=dtype, generator=g).requires_grad_(grad) for _ in range(6)
-    ]
+    return [torch.randn(shape, dtype=dtype, generator=g).to(device).requires_grad_(grad) for _ in range(6)]
+
+
+def _randn_like(t: Tensor) -> Tensor:
+    return torch.randn(t.shape, dtype=t.dtype).to(t.device)
 
 
 def _flops_fwd(B: int, H: int, L: int, D: int) -> float:
@@ -235,19 +239,18 @@ def _bench_shape(
         row: dict[str, Any] = {"method": name, "B": B, "H": H, "L": L, "D": D}
         row["dtype"] = str(dtype).split(".")[-1]
         if name == "sdpa_batched":
-            qs = torch.cat([x[0], x[3]]).detach().requires_grad_()
-            ks = torch.cat([x[4], x[1]]).detach().requires_grad_()
-            vs = torch.cat([x[5], x[2]]).detach().requires_grad_()
-            leaves = [qs, ks, vs]
-            call = lambda qs=qs, ks=ks, vs=vs: (F.scaled_dot_product_attention(qs, ks, vs),)
+            leaves = [torch.cat([x[i], x[j]]).detach().requires_grad_() for i, j in ((0, 3), (4, 1), (5, 2))]
+            make_call = lambda lv: lambda: (F.scaled_dot_product_attention(*lv),)  # noqa: E731
         else:
             leaves = x
-            call = lambda fn=fn: fn(x)
+            make_call = lambda lv, fn=fn: lambda: fn(lv)  # noqa: E731
+        call = make_call(leaves)
         env = mock.patch.dict(os.environ, METHOD_ENV.get(name, {}))
         env.start()
         try:
             outs = call()
-            grads = [torch.randn_like(o) for o in outs]
+            grads = [_randn_like(o) for o in outs]
+            del outs  # its autograd graph would keep the leaves' AccumulateGrad nodes (default stream)
 
             def fwd_bwd(call=call, grads=grads) -> None:
                 torch.autograd.backward(call(), grads)
@@ -265,9 +268,11 @@ def _bench_shape(
                 elem = torch.finfo(dtype).bits // 8
                 row["fwd_gbps"] = (8 * B * H * L * D * elem + 2 * B * H * L * 4) / row["fwd_ms"] / 1e6
             if graph:
-                for t in leaves:
-                    t.grad = None
-                _time_graphs(row, call, leaves, grads)
+                # fresh leaves: their AccumulateGrad nodes are made in the side-stream warm-up; nodes
+                # made on the default stream by the eager timing above break the capture of the
+                # backward (torch warns "AccumulateGrad node's stream does not match")
+                fresh = [t.detach().requires_grad_() for t in leaves]
+                _time_graphs(row, make_call(fresh), fresh, grads)
                 if "fwd_graph_ms" in row:
                     row["fwd_graph_tflops"] = flops / row["fwd_graph_ms"] / 1e9
                 if "fwdbwd_graph_ms" in row:

@@ -165,3 +165,32 @@ def test_training_with_graphed_blocks_matches_eager(arch: str) -> None:
         graphed.eval()
         graphed(*x)
     assert all(g.replays == 3 and g.eager_calls == 1 for g in graphed.block_graphs.values())
+
+
+def test_moving_the_model_drops_the_captures() -> None:
+    """Captured graphs read the parameters' old storage after .to()/.cpu(): they must go."""
+    m = _model(xattn_cuda_graph=True)
+    graphs = m.block_graphs[2]
+    graphs.captures[("stale",)] = object()  # stands in for a capture made on the GPU
+    m.to(torch.float64)
+    assert not graphs.captures and m.block_graphs[2] is graphs
+
+
+@pytest.mark.gpu
+@CUDA
+def test_round_trip_to_cpu_releases_graph_memory_and_recaptures() -> None:
+    m = _model(xattn_impl="sdpa", xattn_cuda_graph=True).cuda()
+    x = [torch.randn(2, 3, 64, 64, device="cuda") for _ in range(2)]
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = m(*x)
+        sum(o.float().sum() for head in out.values() for o in head).backward()
+
+    step()
+    assert all(len(g.captures) == 1 for g in m.block_graphs.values())
+    m.cpu()
+    assert all(not g.captures for g in m.block_graphs.values())
+    m.cuda()
+    step()
+    assert all(len(g.captures) == 1 and g.replays == 2 for g in m.block_graphs.values())

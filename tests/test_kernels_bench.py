@@ -165,3 +165,21 @@ def test_graph_ms_on_cuda():
     ms = bk._graph_ms(lambda: torch.autograd.grad((x @ x,), [x], [g]), calls_per_graph=4, replays=3)
     assert math.isfinite(ms) and ms > 0
     assert x.grad is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_shape_graph_timings_on_cuda():
+    """The real per-shape path: eager timings first (which leave autograd state on the default
+    stream), then graph timings of forward and forward+backward, for the fused op and SDPA."""
+    keep = ("fused", "sdpa_2calls", "sdpa_batched")
+    methods = {k: v for k, v in bk._methods(gpu=True).items() if k in keep}
+    timer = bk._timer(gpu=True, quick=True)
+    rows = bk._bench_shape(2, 2, 49, 32, torch.bfloat16, "cuda", methods, timer, {}, graph=True)
+    assert [r["method"] for r in rows] == ["fused", "sdpa_2calls", "sdpa_batched"]
+    for r in rows:
+        assert "error" not in r, r
+        for k in ("fwd", "fwdbwd"):
+            assert f"{k}_graph_error" not in r, r
+            assert math.isfinite(r[f"{k}_graph_ms"]) and r[f"{k}_graph_ms"] > 0, r
+    torch.randn(4, device="cuda")  # the CUDA generator still works afterwards

@@ -115,6 +115,11 @@ class BlockGraphs:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["block"], state["max_signatures"])
 
+    def clear(self) -> None:
+        """Drop every capture (its graphs and memory pool); a forward still awaiting its backward
+        keeps its own capture alive until then."""
+        self.captures.clear()
+
     def stacked(self, x: Tensor, batch: int) -> Tensor:
         out = self._call(("stacked", batch), lambda t: self.block.forward_stacked(t, batch), (x,))
         return out[0]

@@ -205,6 +205,13 @@ class TwoImageModel(nn.Module):
         )
         self.config["xattn_cuda_graph"] = enabled
 
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> TwoImageModel:
+        """.to()/.cuda()/.cpu()/.half() move the parameters: captured graphs would read the old
+        storage (and keep its GPU memory), so they are dropped; the next training call recaptures."""
+        for graphs in getattr(self, "block_graphs", {}).values():
+            graphs.clear()
+        return super()._apply(fn, *args, **kwargs)
+
 
 class SSN(TwoImageModel):
     """Single-shared network; see the module docstring. `forward(clinic, derm) -> {head: [8 logits]}`."""
