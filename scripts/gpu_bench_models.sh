@@ -53,12 +53,12 @@ reference: ssn-r50
 model_defaults: {options: {backbone: resnet18}}
 models:  # the names of suites/bench_gpu.yaml, so the floors code runs end to end
   - {name: ssn-r50, arch: ssn, options: {xattn: none}}
-  - {name: ssn-r50-xattn-triton, arch: ssn, options: {xattn: shared, xattn_impl: triton}}
-  - {name: ssn-r50-xattn-sdpa, arch: ssn, options: {xattn: shared, xattn_impl: sdpa}}
+  - {name: ssn-r50-xattn-triton, arch: ssn, options: {xattn: shared, xattn_impl: triton, xattn_cuda_graph: false}}
+  - {name: ssn-r50-xattn-sdpa, arch: ssn, options: {xattn: shared, xattn_impl: sdpa, xattn_cuda_graph: false}}
   - {name: ssn-r50-xattn-triton-graph, arch: ssn, options: {xattn: shared, xattn_impl: triton, xattn_cuda_graph: true}}
   - {name: ssn-r50-xattn-sdpa-graph, arch: ssn, options: {xattn: shared, xattn_impl: sdpa, xattn_cuda_graph: true}}
   - {name: dual-r50, arch: dual, options: {xattn: none}}
-  - {name: dual-r50-xattn, arch: dual, options: {xattn: separate, xattn_impl: triton}}
+  - {name: dual-r50-xattn, arch: dual, options: {xattn: separate, xattn_impl: triton, xattn_cuda_graph: false}}
 EOF
     fi
     PYBENCH=(--benchmark-disable)

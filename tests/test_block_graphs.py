@@ -23,8 +23,8 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 
 def _model(arch: str = "ssn", **kw):
-    xattn = "shared" if arch == "ssn" else "separate"
-    return build_model(arch, backbone="resnet18", image_size=64, xattn=xattn, **kw)
+    kw.setdefault("xattn", "shared" if arch == "ssn" else "separate")
+    return build_model(arch, backbone="resnet18", image_size=64, **kw)
 
 
 def test_option_builds_one_graph_runner_per_block_and_can_be_switched_off() -> None:
@@ -34,7 +34,9 @@ def test_option_builds_one_graph_runner_per_block_and_can_be_switched_off() -> N
     assert m.config["xattn_cuda_graph"] is True
     m.set_xattn_cuda_graph(False)
     assert m.block_graphs == {} and m.config["xattn_cuda_graph"] is False
-    assert _model().block_graphs == {}
+    assert _model(xattn_cuda_graph=False).block_graphs == {}
+    assert len(_model().block_graphs) == len(m.cross_attention)  # on by default (CUDA training only)
+    assert _model(xattn="none").block_graphs == {}
     with pytest.raises(ConfigError, match="xattn_cuda_graph"):
         _model(xattn_cuda_graph="yes")
 
@@ -49,7 +51,7 @@ def test_copies_point_at_their_own_blocks_and_start_without_captures() -> None:
 def test_cpu_calls_run_the_eager_block() -> None:
     """Off CUDA nothing is captured: same numbers as the model without the option."""
     torch.manual_seed(0)
-    ref = _model("ssn")
+    ref = _model("ssn", xattn_cuda_graph=False)
     m = _model("ssn", xattn_cuda_graph=True)
     m.load_state_dict(ref.state_dict())
     for p in m.cross_attention.parameters():  # open the gates so the blocks matter
@@ -141,7 +143,8 @@ def test_second_forward_before_backward_runs_eagerly_and_both_backwards_are_righ
 @pytest.mark.parametrize("arch", ["ssn", "dual"])
 def test_training_with_graphed_blocks_matches_eager(arch: str) -> None:
     torch.manual_seed(0)
-    eager = _model(arch, xattn_impl="triton").cuda().to(memory_format=torch.channels_last)
+    eager = _model(arch, xattn_impl="triton", xattn_cuda_graph=False).cuda()
+    eager = eager.to(memory_format=torch.channels_last)
     with torch.no_grad():
         for p in eager.cross_attention.parameters():
             p.normal_(0, 0.1)

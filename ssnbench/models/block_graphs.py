@@ -146,6 +146,9 @@ class BlockGraphs:
         return [p for p in self.block.parameters() if p.requires_grad]
 
     def _eligible(self, inputs: Sequence[Tensor], params: list[nn.Parameter]) -> bool:
+        # is_compiling() first: Dynamo folds it to True, so nothing below is traced
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+            return False
         x = inputs[0]
         return (
             x.is_cuda
@@ -153,9 +156,6 @@ class BlockGraphs:
             and torch.is_grad_enabled()
             and (bool(params) or any(t.requires_grad for t in inputs))
             and not torch.cuda.is_current_stream_capturing()
-            and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting()
         )
 
     def _call(self, kind: tuple, fn: Callable[..., Any], inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:

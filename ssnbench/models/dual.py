@@ -40,7 +40,7 @@ class DualEncoder(TwoImageModel):
         xattn_dim: int | str = "auto",
         xattn_impl: str = "reference",
         kv_reduction: int | str | Sequence[int] = "auto",
-        xattn_cuda_graph: bool = False,
+        xattn_cuda_graph: bool = True,
         drop_rate: float = 0.0,
         vit_stages: int = 4,
     ) -> None:

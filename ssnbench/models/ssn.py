@@ -230,7 +230,7 @@ class SSN(TwoImageModel):
         xattn_dim: int | str = "auto",
         xattn_impl: str = "reference",
         kv_reduction: int | str | Sequence[int] = "auto",
-        xattn_cuda_graph: bool = False,
+        xattn_cuda_graph: bool = True,
         share_heads: bool = False,
         drop_rate: float = 0.0,
         vit_stages: int = 4,
