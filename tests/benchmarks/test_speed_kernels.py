@@ -62,16 +62,20 @@ BLOCK = dict(b=32, c=512, side=28, heads=8) if CUDA else dict(b=2, c=32, side=8,
 
 @pytest.mark.benchmark(group="block-forward-backward")
 @pytest.mark.benchmark_threshold(10 if CUDA else 50)  # CPU: sub-ms, dispatcher-bound
-@pytest.mark.parametrize("path", ["stacked", "pair"])
+@pytest.mark.parametrize("path", ["stacked", "pair", "graph"])
 @pytest.mark.parametrize("impl", ["reference", "sdpa", "triton"])
 def test_block_forward_backward(
     impl: str, path: str, timed: Callable[..., Any], reference_dispatch: None
 ) -> None:
     """`stacked`: the block on the shared encoder's 2B-image map, as SSN runs it; `pair`: on the two
-    modalities' maps, as the dual baseline (and SSN before forward_stacked) runs it."""
+    modalities' maps, as the dual baseline (and SSN before forward_stacked) runs it; `graph`: stacked,
+    replayed as CUDA graphs (`xattn_cuda_graph`, SSN's default training path on CUDA)."""
     if impl == "triton" and not CUDA:
         pytest.skip("impl triton is timed on CUDA only (on CPU it is the interpreter)")
+    if path == "graph" and not CUDA:
+        pytest.skip("CUDA graphs need a GPU")
     xattn = pytest.importorskip("ssnbench.models.cross_attention")
+    from ssnbench.models.block_graphs import BlockGraphs
     b, c, side, heads = BLOCK["b"], BLOCK["c"], BLOCK["side"], BLOCK["heads"]
     block = xattn.SharedCrossAttention(c, num_heads=heads, impl=impl).to(DEVICE)
     with torch.no_grad():  # the gate starts at zero; open it so the attention path gets gradient
@@ -82,7 +86,11 @@ def test_block_forward_backward(
     x = torch.randn(2 * b, c, side, side, device=DEVICE).to(memory_format=fmt).requires_grad_()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if CUDA else torch.autocast("cpu", enabled=False)
 
+    graphs = BlockGraphs(block)
+
     def run() -> torch.Tensor:
+        if path == "graph":
+            return graphs.stacked(x, b)
         if path == "stacked":
             return block.forward_stacked(x, b)
         return torch.cat(block(x[:b], x[b:]))
@@ -95,6 +103,8 @@ def test_block_forward_backward(
 
     timed(step, images=2 * b)
     assert all(p.grad is not None for p in block.parameters() if p.requires_grad)
+    if path == "graph":
+        assert graphs.replays > 0 and not graphs.eager_calls
 
 
 @pytest.mark.skipif(CUDA, reason="on CUDA the op cases above time the host path with the real kernels")
