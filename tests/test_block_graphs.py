@@ -197,3 +197,31 @@ def test_round_trip_to_cpu_releases_graph_memory_and_recaptures() -> None:
     m.cuda()
     step()
     assert all(len(g.captures) == 1 and g.replays == 2 for g in m.block_graphs.values())
+
+
+def test_a_failed_capture_raises_naming_the_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA calls of the capture are stubbed so the warm-up runs on CPU and the capture fails."""
+    import contextlib
+
+    from ssnbench.models import block_graphs as bg
+
+    class _Stream:
+        def wait_stream(self, other: object) -> None:
+            pass
+
+    def failing_graph(*args, **kwargs):
+        assert kwargs.get("capture_error_mode") == "thread_local"
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(bg, "_warmup_stream", lambda device: _Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: _Stream())
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+    monkeypatch.setattr(torch.cuda, "graph", failing_graph)
+    block = ProjectedCrossAttention(16, 8, num_heads=2, impl="reference", kv_reduction=1)
+    graphs = BlockGraphs(block)
+    x = torch.randn(4, 16, 3, 3, requires_grad=True)
+    want = r"ProjectedCrossAttention.*not permitted.*xattn_cuda_graph: false"
+    with pytest.raises(RuntimeError, match=want):
+        graphs._capture(lambda t: block.forward_stacked(t, 2), (x,), graphs._params(), amp=False)

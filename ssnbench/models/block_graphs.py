@@ -16,6 +16,9 @@ How (the recipe of `torch.cuda.make_graphed_callables`, with three differences):
 - a forward whose previous graphed forward is still waiting for its backward runs eagerly (its
   saved activations live in the graph's memory), as do calls outside training, without
   gradients, off CUDA, inside another capture, under torch.compile or tracing.
+Warm-up and capture follow the PyTorch recipe (side-stream warm-up, one private memory pool per
+signature); capture uses `capture_error_mode="thread_local"` so that other threads (the DataLoader's
+pin-memory thread) may keep using CUDA. A capture that fails raises, naming the option to turn off.
 The module itself is left untouched (no patched `forward`, no state-dict change).
 """
 
@@ -211,13 +214,22 @@ class BlockGraphs:
         torch.cuda.current_stream().wait_stream(side)
         del outs
 
+        # thread_local: the DataLoader's pin-memory thread may allocate pinned memory meanwhile (as
+        # in torch.compile's CUDA graph trees); the backward still runs on autograd's device thread
         pool = torch.cuda.graph_pool_handle()
         fwd, bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        with torch.cuda.graph(fwd, pool=pool):
-            outs = run()
-        grad_outs = [torch.empty_like(o) for o in outs]
-        with torch.cuda.graph(bwd, pool=pool):
-            target_grads = torch.autograd.grad(outs, targets, grad_outs, allow_unused=True)
+        try:
+            with torch.cuda.graph(fwd, pool=pool, capture_error_mode="thread_local"):
+                outs = run()
+            grad_outs = [torch.empty_like(o) for o in outs]
+            with torch.cuda.graph(bwd, pool=pool, capture_error_mode="thread_local"):
+                target_grads = torch.autograd.grad(outs, targets, grad_outs, allow_unused=True)
+        except Exception as err:  # a failed capture can leave CUDA state unusable: stop loudly
+            raise RuntimeError(
+                f"xattn_cuda_graph: capturing the cross-attention block ({type(self.block).__name__}) as "
+                f"CUDA graphs failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                "set `xattn_cuda_graph: false` in the model's options to run it eagerly"
+            ) from err
 
         grads: list[Tensor | None] = []
         it = iter(target_grads)
