@@ -32,13 +32,16 @@ import sys
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import timm
 import torch
 from torch import Tensor, nn
 
 from ssnbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ssnbench.models.block_graphs import BlockGraphs
 
 __all__ = ["KV_TOKEN_BUDGET", "StagedBackbone", "auto_kv_reduction", "create_backbone", "encode_pair"]
 
@@ -288,7 +291,7 @@ def auto_kv_reduction(grid: tuple[int, int], budget: int = KV_TOKEN_BUDGET) -> i
     return r
 
 
-def _apply_stacked(block: nn.Module, m: Tensor, b: int, graphs: Any = None) -> Tensor:
+def _apply_stacked(block: nn.Module, m: Tensor, b: int, graphs: BlockGraphs | None = None) -> Tensor:
     """block on a [2B, C, H, W] map holding clinic (first b) then derm: its `forward_stacked` if it
     has one (through `graphs`, its BlockGraphs, when given), else its two-map forward on the
     halves, re-stacked."""
@@ -306,7 +309,7 @@ def encode_pair(
     clinic: Tensor,
     derm: Tensor,
     blocks: Mapping[int, nn.Module] | nn.ModuleDict | None = None,
-    graphs: Mapping[int, Any] | None = None,
+    graphs: Mapping[int, BlockGraphs] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Pooled features of both images; `blocks[i](f_c, f_d)` acts on the maps after stage i.
 
