@@ -183,3 +183,15 @@ def test_bench_shape_graph_timings_on_cuda():
             assert f"{k}_graph_error" not in r, r
             assert math.isfinite(r[f"{k}_graph_ms"]) and r[f"{k}_graph_ms"] > 0, r
     torch.randn(4, device="cuda")  # the CUDA generator still works afterwards
+
+
+def test_no_graph_flag_is_parsed(monkeypatch):
+    seen = {}
+
+    def fake_run(**kw):
+        seen.update(kw)
+        return _result([])
+
+    monkeypatch.setattr(bk, "run", fake_run)
+    assert cli.main(["bench", "kernels", "--quick", "--no-graph"]) == 0
+    assert seen["graph"] is False
