@@ -67,7 +67,6 @@ GRAPH_CALLS = 20  # calls unrolled in one CUDA graph (at most)
 GRAPH_TARGET_MS = 5.0  # ...fewer when the eager call is long: about this much eager time per replay
 GRAPH_REPLAYS = 15  # replays timed, each alone between CUDA events
 GRAPH_WARMUP = 3  # calls on a side stream before capture
-_SIDE_STREAM: Any = None
 
 Inputs = list[Tensor]
 
@@ -136,10 +135,9 @@ def _graph_ms(fn: Callable[[], Any], calls_per_graph: int = GRAPH_CALLS,
               replays: int = GRAPH_REPLAYS) -> float:
     """Median device milliseconds per fn() call: `calls_per_graph` unrolled calls captured in one CUDA
     graph, `replays` replays each timed alone with CUDA events. The caller sets the grad mode."""
-    global _SIDE_STREAM
-    if _SIDE_STREAM is None:  # one side stream: cuBLAS pins a workspace per stream it runs on
-        _SIDE_STREAM = torch.cuda.Stream()
-    s = _SIDE_STREAM
+    from ssnbench.models.block_graphs import warmup_stream
+
+    s = warmup_stream(torch.device("cuda", torch.cuda.current_device()))
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):  # warm-up on a side stream, as the CUDA-graph docs require
         for _ in range(GRAPH_WARMUP):

@@ -213,7 +213,7 @@ def test_a_failed_capture_raises_naming_the_option(monkeypatch: pytest.MonkeyPat
         assert kwargs.get("capture_error_mode") == "thread_local"
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(bg, "_warmup_stream", lambda device: _Stream())
+    monkeypatch.setattr(bg, "warmup_stream", lambda device: _Stream())
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda: _Stream())
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)

@@ -56,6 +56,23 @@ def _graph_rows():
     ]
 
 
+def _eager_rows():
+    """_graph_rows() as a run without graph timing (CPU, or --no-graph) would give them."""
+    return [{k: v for k, v in r.items() if "graph" not in k} for r in _graph_rows()]
+
+
+def _record_run(monkeypatch) -> dict:
+    """Replaces bench_kernels.run; returns the dict its keyword arguments are recorded into."""
+    seen: dict = {}
+
+    def fake_run(**kw):
+        seen.update(kw)
+        return _result(_eager_rows())
+
+    monkeypatch.setattr(bk, "run", fake_run)
+    return seen
+
+
 def test_speedups_graph_keys_and_floors():
     sp = {s["L"]: s for s in bk._speedups(_graph_rows())}
     s49, s196 = sp[49], sp[196]
@@ -75,7 +92,7 @@ def test_speedups_graph_keys_and_floors():
 
 
 def test_speedups_without_graph_numbers_have_no_graph_keys():
-    rows = [{k: v for k, v in r.items() if "graph" not in k} for r in _graph_rows()]
+    rows = _eager_rows()
     sp = bk._speedups(rows)
     assert sp and all("fwd_speedup_vs_sdpa_2calls" in s for s in sp)
     assert not any("graph" in k for s in sp for k in s)
@@ -98,7 +115,7 @@ def test_print_tables_with_graph_numbers(capsys):
 
 
 def test_print_tables_without_graph_numbers(capsys):
-    rows = [{k: v for k, v in r.items() if "graph" not in k} for r in _graph_rows()]
+    rows = _eager_rows()
     bk.print_tables(_result(rows))
     out = capsys.readouterr().out
     assert "eager, host-inclusive" in out and "CUDA-graph" not in out and "graph ms" not in out
@@ -115,13 +132,7 @@ def test_graph_knob(monkeypatch):
 
 
 def test_cli_no_graph_reaches_run(monkeypatch):
-    seen = {}
-
-    def fake_run(**kw):
-        seen.update(kw)
-        return _result([{k: v for k, v in r.items() if "graph" not in k} for r in _graph_rows()])
-
-    monkeypatch.setattr(bk, "run", fake_run)
+    seen = _record_run(monkeypatch)
     assert bk.cli(argparse.Namespace(json=None, quick=True, methods=None, no_graph=True)) == 0
     assert seen["graph"] is False
     assert bk.cli(argparse.Namespace(json=None, quick=True, methods=None)) == 0
@@ -186,12 +197,6 @@ def test_bench_shape_graph_timings_on_cuda():
 
 
 def test_no_graph_flag_is_parsed(monkeypatch):
-    seen = {}
-
-    def fake_run(**kw):
-        seen.update(kw)
-        return _result([{k: v for k, v in r.items() if "graph" not in k} for r in _graph_rows()])
-
-    monkeypatch.setattr(bk, "run", fake_run)
+    seen = _record_run(monkeypatch)
     assert cli.main(["bench", "kernels", "--quick", "--no-graph"]) == 0
     assert seen["graph"] is False

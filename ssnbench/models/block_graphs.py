@@ -94,10 +94,11 @@ class _Replay(torch.autograd.Function):
 _WARMUP_STREAMS: dict[torch.device, Any] = {}
 
 
-def _warmup_stream(device: torch.device) -> Any:
-    """One side stream per device for every warm-up. Why: cuBLAS keeps a workspace (32 MiB on
-    Hopper) per stream it has run on, allocated from the caching allocator and never freed; a fresh
-    stream per capture cycles through the 32-stream pool and pins about 1 GiB."""
+def warmup_stream(device: torch.device) -> Any:
+    """One side stream per device for every CUDA-graph warm-up (the kernel benchmark's too). Why:
+    cuBLAS keeps a workspace (32 MiB on Hopper) per stream it has run on, allocated from the caching
+    allocator and never freed; a fresh stream per capture cycles through the 32-stream pool and pins
+    about 1 GiB."""
     stream = _WARMUP_STREAMS.get(device)
     if stream is None:
         stream = _WARMUP_STREAMS[device] = torch.cuda.Stream(device)
@@ -205,7 +206,7 @@ class BlockGraphs:
             with torch.autocast("cuda", dtype=dtype, enabled=amp, cache_enabled=False):
                 return _as_tuple(fn(*static_in))
 
-        side = _warmup_stream(inputs[0].device)
+        side = warmup_stream(inputs[0].device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
