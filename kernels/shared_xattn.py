@@ -140,6 +140,54 @@ def _fwd_step(
     return acc, l_i, m_ij
 
 
+@triton.jit
+def _fwd_rows(
+    q_base, k_base, v_base, o_base, lse_base, bh, start_row, Lq, Lk, s_ql, s_kl, s_vl, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    TAIL_N: tl.constexpr, DOT_PREC: tl.constexpr, POLY_EXP: tl.constexpr,
+):
+    """ROWS query rows from `start_row` against all Lk keys: full BLOCK_N key blocks, then the
+    ragged rest (Lk % BLOCK_N keys) as one masked block of TAIL_N <= BLOCK_N keys."""
+    STEP_N: tl.constexpr = BLOCK_N // 2 if POLY_EXP else BLOCK_N
+    offs_m = start_row + tl.arange(0, ROWS)
+    offs_n = tl.arange(0, STEP_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_mask = offs_m[:, None] < Lq
+    if BLOCK_D != HEAD_DIM:
+        q_mask = q_mask & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :], mask=q_mask, other=0.0)
+    k_ptrs = k_base + offs_n[:, None] * s_kl + offs_d[None, :]
+    v_ptrs = v_base + offs_n[:, None] * s_vl + offs_d[None, :]
+
+    m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([ROWS], dtype=tl.float32)
+    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    n_full = (Lk // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        acc, l_i, m_i = _fwd_step(
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, Lk, s_kl, s_vl, qk_scale, offs_n, offs_d,
+            HEAD_DIM, BLOCK_D, False, DOT_PREC, POLY_EXP, STEP_N,
+        )
+    if n_full < Lk:
+        if TAIL_N == BLOCK_N:
+            acc, l_i, m_i = _fwd_step(
+                acc, l_i, m_i, q, k_ptrs, v_ptrs, n_full, Lk, s_kl, s_vl, qk_scale, offs_n, offs_d,
+                HEAD_DIM, BLOCK_D, True, DOT_PREC, POLY_EXP, STEP_N,
+            )
+        else:  # a narrower last block: no exps or matmul columns spent on keys past Lk
+            offs_t = tl.arange(0, TAIL_N)
+            acc, l_i, m_i = _fwd_step(
+                acc, l_i, m_i, q, k_base + offs_t[:, None] * s_kl + offs_d[None, :],
+                v_base + offs_t[:, None] * s_vl + offs_d[None, :], n_full, Lk, s_kl, s_vl, qk_scale,
+                offs_t, offs_d, HEAD_DIM, BLOCK_D, True, DOT_PREC, False, TAIL_N,
+            )
+    acc = acc / l_i[:, None]
+    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
+    row = bh.to(tl.int64) * Lq + offs_m
+    tl.store(lse_base + row, lse, mask=offs_m < Lq)
+    tl.store(o_base + row[:, None] * HEAD_DIM + offs_d[None, :], acc.to(o_base.dtype.element_ty), mask=q_mask)
+
+
 @triton.jit(do_not_specialize=_NO_SPEC)
 def _fwd_kernel(
     Qc, Kc, Vc, Qd, Kd, Vd, Oc, Od, LSEc, LSEd,
@@ -147,8 +195,12 @@ def _fwd_kernel(
     sqd_b, sqd_h, sqd_l, skd_b, skd_h, skd_l, svd_b, svd_h, svd_l,
     H, Lc, Lkc, Ld, Lkd, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PREC: tl.constexpr, POLY_EXP: tl.constexpr = False,
+    TAIL_M: tl.constexpr, TAIL_N: tl.constexpr, DOT_PREC: tl.constexpr, POLY_EXP: tl.constexpr = False,
 ):
+    """TAIL_M / TAIL_N (<= BLOCK_M / BLOCK_N, set by `_fwd_tails`): the tile of the last, ragged
+    query block and key block. The SSN stage token counts (49, 196, 784, 3136) are not multiples of
+    the power-of-two tiles, and a full tile over a 4-row or 4-key remainder would cost as much as a
+    full block."""
     start_m = tl.program_id(0)
     bh = tl.program_id(1)
     direction = tl.program_id(2)
@@ -176,38 +228,25 @@ def _fwd_kernel(
         lse_base = LSEd
         Lq = Ld
         Lk = Lkc
-    if start_m * BLOCK_M >= Lq:
+    start_row = start_m * BLOCK_M
+    if start_row >= Lq:
         return
-    STEP_N: tl.constexpr = BLOCK_N // 2 if POLY_EXP else BLOCK_N
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, STEP_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    q_mask = offs_m[:, None] < Lq
-    if BLOCK_D != HEAD_DIM:
-        q_mask = q_mask & (offs_d[None, :] < HEAD_DIM)
-    q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :], mask=q_mask, other=0.0)
-    k_ptrs = k_base + offs_n[:, None] * s_kl + offs_d[None, :]
-    v_ptrs = v_base + offs_n[:, None] * s_vl + offs_d[None, :]
-
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    n_full = (Lk // BLOCK_N) * BLOCK_N
-    for start_n in range(0, n_full, BLOCK_N):
-        acc, l_i, m_i = _fwd_step(
-            acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, Lk, s_kl, s_vl, qk_scale, offs_n, offs_d,
-            HEAD_DIM, BLOCK_D, False, DOT_PREC, POLY_EXP, STEP_N,
+    if TAIL_M != BLOCK_M:
+        if start_row + BLOCK_M > Lq:
+            _fwd_rows(
+                q_base, k_base, v_base, o_base, lse_base, bh, start_row, Lq, Lk, s_ql, s_kl, s_vl, qk_scale,
+                HEAD_DIM, BLOCK_D, TAIL_M, BLOCK_N, TAIL_N, DOT_PREC, POLY_EXP,
+            )
+        else:
+            _fwd_rows(
+                q_base, k_base, v_base, o_base, lse_base, bh, start_row, Lq, Lk, s_ql, s_kl, s_vl, qk_scale,
+                HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, TAIL_N, DOT_PREC, POLY_EXP,
+            )
+    else:
+        _fwd_rows(
+            q_base, k_base, v_base, o_base, lse_base, bh, start_row, Lq, Lk, s_ql, s_kl, s_vl, qk_scale,
+            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, TAIL_N, DOT_PREC, POLY_EXP,
         )
-    if n_full < Lk:
-        acc, l_i, m_i = _fwd_step(
-            acc, l_i, m_i, q, k_ptrs, v_ptrs, n_full, Lk, s_kl, s_vl, qk_scale, offs_n, offs_d,
-            HEAD_DIM, BLOCK_D, True, DOT_PREC, POLY_EXP, STEP_N,
-        )
-    acc = acc / l_i[:, None]
-    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
-    row = bh.to(tl.int64) * Lq + offs_m
-    tl.store(lse_base + row, lse, mask=offs_m < Lq)
-    tl.store(o_base + row[:, None] * HEAD_DIM + offs_d[None, :], acc.to(o_base.dtype.element_ty), mask=q_mask)
 
 
 @triton.jit(do_not_specialize=_NO_SPEC)
@@ -621,6 +660,18 @@ def _np2(n: int, lo: int = 16) -> int:
     return 1 << (n - 1).bit_length()
 
 
+def _tail(block: int, *lengths: int) -> int:
+    """The tile of the ragged last block: the next power of two (>= 16) above the largest remainder
+    `length % block` of the directions, or `block` when no remainder needs less (or there is none)."""
+    rest = max(n % block for n in lengths)
+    return min(block, _np2(rest)) if rest else block
+
+
+def _fwd_tails(cfg: dict[str, Any], lc: int, ld: int, lkc: int, lkd: int) -> dict[str, int]:
+    """TAIL_M / TAIL_N of `_fwd_kernel` for a config's BLOCK_M / BLOCK_N at these token counts."""
+    return {"TAIL_M": _tail(cfg["BLOCK_M"], lc, ld), "TAIL_N": _tail(cfg["BLOCK_N"], lkc, lkd)}
+
+
 def _autotune_enabled() -> bool:
     return not INTERPRET and os.environ.get("SSNBENCH_XATTN_AUTOTUNE", "1") != "0"
 
@@ -713,6 +764,11 @@ def _tuned(name: str) -> Any:
         prune_by = {"early_config_prune": prune} if prune else None
         # the atomic kernel accumulates dQ: zero the accumulators before every timed run
         reset = ["DQAc", "DQAd"] if name == "bwd_atomic" else None
+        if name == "fwd":  # tails follow from each candidate's tiles and the token counts
+            fn = triton.heuristics({
+                "TAIL_M": lambda a: _tail(a["BLOCK_M"], a["Lc"], a["Ld"]),
+                "TAIL_N": lambda a: _tail(a["BLOCK_N"], a["Lkc"], a["Lkd"]),
+            })(fn)
         _AUTOTUNED[name] = triton.autotune(
             configs=configs, key=_KEYS, prune_configs_by=prune_by, reset_to_zero=reset
         )(fn)
@@ -777,9 +833,11 @@ def _direct_entry(kernel: Any, compiled: Any, n_args: int, kwargs: dict[str, Any
 
 
 def _launch(name: str, kernel: Any, grid: Any, tensors: tuple, scalars: tuple, meta: dict[str, Any],
-            key: tuple, fixed: Any, spec: tuple | None = None) -> None:
+            key: tuple, fixed: Any, spec: tuple | None = None, derive: Any = None) -> None:
     """Launch kernel(*tensors, *scalars) with the autotuned config for `key` (or `fixed()`, the
-    fixed config, when not autotuning or for kernels that are never tuned).
+    fixed config, when not autotuning or for kernels that are never tuned). `derive(cfg)` adds the
+    constexprs that follow from a config (the forward's tails; the autotuned wrapper has them as
+    `triton.heuristics`).
 
     Triton's `JITFunction.run` re-derives the specialisation and cache key of all ~50 arguments on
     every call, which costs more host time than the small SSN stages' kernels take on the GPU. So the
@@ -791,7 +849,8 @@ def _launch(name: str, kernel: Any, grid: Any, tensors: tuple, scalars: tuple, m
     """
     if _WARMUP_ONLY is not None:  # precompile(): compile the requested configs, launch nothing
         for cfg in _WARMUP_ONLY.get(name, ()):
-            kernel.warmup(*tensors, *scalars, grid=grid(cfg), **meta, **cfg)
+            extra = derive(cfg) if derive else {}
+            kernel.warmup(*tensors, *scalars, grid=grid(cfg), **meta, **cfg, **extra)
         return
     tuning = name in _TUNABLE and _autotune_enabled()
     if tuning:
@@ -807,13 +866,14 @@ def _launch(name: str, kernel: Any, grid: Any, tensors: tuple, scalars: tuple, m
         cfg = fixed()
     g = grid(cfg)
     if spec is None or not _direct_enabled() or not _hooks_idle() or not _aligned(tensors):
-        kernel[g](*tensors, *scalars, **meta, **cfg)
+        kernel[g](*tensors, *scalars, **meta, **cfg, **(derive(cfg) if derive else {}))
         return
     device = _current_device()
+    # derived constexprs follow from cfg and key, so they need not be part of the direct key
     dkey = (name, key, tuning or tuple(cfg.items()), spec, device)
     entry = _DIRECT.get(dkey)
     if entry is None:
-        kwargs = {**meta, **cfg}
+        kwargs = {**meta, **cfg, **(derive(cfg) if derive else {})}
         compiled = kernel[g](*tensors, *scalars, **kwargs)
         entry = _direct_entry(kernel, compiled, len(tensors) + len(scalars), kwargs)
         if entry is not None:
@@ -853,8 +913,8 @@ def _current_stream(device: int) -> int:
 def _fixed_fwd(lq: int, lk: int, d: int, dtype: torch.dtype) -> dict[str, Any]:
     """Fixed forward config; SSNBENCH_XATTN_POLY_EXP=1 turns on `_exp2_fma` for fp16/bf16 (tests)."""
     poly = os.environ.get("SSNBENCH_XATTN_POLY_EXP", "0") == "1" and dtype != torch.float32
-    if INTERPRET:  # small blocks so tiny test shapes still cover several blocks and the masks
-        return {"BLOCK_M": 16, "BLOCK_N": 32 if poly else 16, "POLY_EXP": poly}
+    if INTERPRET:  # small blocks: tiny test shapes still cover several blocks, the masks and the tails
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "POLY_EXP": poly}
     if poly:
         return {"BLOCK_M": 128, "BLOCK_N": 128, "POLY_EXP": True, "num_warps": 8, "num_stages": 3}
     if lq <= 64 and lk <= 64:
@@ -976,7 +1036,7 @@ def forward(
         (q_c, k_c, v_c, q_d, k_d, v_d, o_c, o_d, lse_c, lse_d),
         (*strides, H, Lc, Lkc, Ld, Lkd, scale * LOG2E),
         _meta(D, dt), (Lc, Lkc, Ld, Lkd, D, dt), partial(_fixed_fwd, lq, max(Lkc, Lkd), D, dt),
-        int_spec(strides, H),
+        int_spec(strides, H), partial(_fwd_tails, lc=Lc, ld=Ld, lkc=Lkc, lkd=Lkd),
     )
     return o_c, o_d, lse_c, lse_d
 
@@ -1151,11 +1211,31 @@ def _candidates() -> dict[str, list[Any]]:
     }
 
 
-def _precompile_jobs(dims: tuple[int, ...]) -> list[tuple[int, str, int]]:
-    return [(d, name, i) for d in dims for name, cfgs in _candidates().items() for i in range(len(cfgs))]
+#: SSN stage token counts (224x224 input, strides 4/8/16/32): the forward's tails are compiled for these
+STAGE_TOKENS = (3136, 784, 196, 49)
 
 
-def _precompile_worker(jobs: list[tuple[int, str, int]], dtype_name: str, heads: int,
+def _precompile_jobs(dims: tuple[int, ...], lengths: tuple[int, ...] = STAGE_TOKENS,
+                     ) -> list[tuple[int, str, int, int]]:
+    """(head dim, kernel, candidate index, token count) to compile. Token counts are not specialised,
+    but the forward's tail tiles follow from them: one forward job per distinct (candidate, tails)."""
+    jobs = []
+    for d in dims:
+        for name, cfgs in _candidates().items():
+            for i, cfg in enumerate(cfgs):
+                if name != "fwd":
+                    jobs.append((d, name, i, 49 if name == "bwd_small" else 256))
+                    continue
+                seen = set()
+                for n in lengths:
+                    tails = tuple(_fwd_tails(cfg.kwargs, n, n, n, n).values())
+                    if tails not in seen:
+                        seen.add(tails)
+                        jobs.append((d, name, i, n))
+    return jobs
+
+
+def _precompile_worker(jobs: list[tuple[int, str, int, int]], dtype_name: str, heads: int,
                        errors: list[str] | None = None) -> int:
     """Compile (never run) the given autotune candidates; Triton's disk cache keeps the binaries."""
     global _WARMUP_ONLY
@@ -1163,9 +1243,8 @@ def _precompile_worker(jobs: list[tuple[int, str, int]], dtype_name: str, heads:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     configs = _candidates()
     done = 0
-    for d, name, i in jobs:
+    for d, name, i, tokens in jobs:
         _WARMUP_ONLY = {name: [_config_kwargs(configs[name][i])]}
-        tokens = 49 if name == "bwd_small" else 256  # token counts are not specialised, only <= 64 or not
         x = [torch.randn(2, heads, tokens, d, device=device, dtype=dtype) for _ in range(6)]
         scale = d**-0.5
         try:
@@ -1184,17 +1263,18 @@ def _precompile_worker(jobs: list[tuple[int, str, int]], dtype_name: str, heads:
 
 
 def precompile(dims: tuple[int, ...] = (32, 64), dtype: torch.dtype = torch.bfloat16, heads: int = 8,
-               workers: int = 8, timeout: float = 240.0) -> dict[str, Any]:
-    """Compile every autotune candidate for these head dims in `workers` processes, so the autotuner
-    finds them in Triton's disk cache (compiling is CPU-bound; the lent GPU box has 16 cores).
-    Token counts are not specialised, so one pass serves every sequence length. Best effort: the
-    workers are plain subprocesses (no multiprocessing re-import of a CLI __main__)."""
+               workers: int = 8, timeout: float = 240.0, lengths: tuple[int, ...] = STAGE_TOKENS,
+               ) -> dict[str, Any]:
+    """Compile every autotune candidate for these head dims (and the forward's tails at these token
+    counts) in `workers` processes, so the autotuner finds them in Triton's disk cache (compiling is
+    CPU-bound; the lent GPU box has 16 cores). Best effort: the workers are plain subprocesses (no
+    multiprocessing re-import of a CLI __main__)."""
     import json
     import subprocess
     import sys
     import time
 
-    jobs = _precompile_jobs(dims)
+    jobs = _precompile_jobs(dims, tuple(lengths))
     chunks = [c for c in (jobs[i::workers] for i in range(workers)) if c]
     code = "import sys; from ssnbench.kernels import shared_xattn as s; s._precompile_main(sys.argv[1])"
     name = str(dtype).split(".")[-1]
@@ -1234,4 +1314,7 @@ def flops_forward(B: int, H: int, Lc: int, Ld: int, Lkc: int, Lkd: int, D: int) 
     return 4.0 * B * H * D * (Lc * Lkd + Ld * Lkc)
 
 
-__all__ = ["INTERPRET", "LAUNCHES", "TUNING_LOG", "backward", "flops_forward", "forward", "precompile"]
+__all__ = [
+    "INTERPRET", "LAUNCHES", "STAGE_TOKENS", "TUNING_LOG", "backward", "flops_forward", "forward",
+    "precompile",
+]

@@ -399,7 +399,8 @@ def run(quick: bool = False, device: str | None = None,
 
         # every autotune candidate compiled in parallel processes first (Triton's disk cache)
         workers = min(8, os.cpu_count() or 1)
-        precompiled = shared_xattn.precompile(tuple(dims), dtype, H, workers=workers, timeout=90)
+        precompiled = shared_xattn.precompile(tuple(dims), dtype, H, workers=workers, timeout=90,
+                                              lengths=tuple(lengths))
         print(f"precompiled Triton candidates: {precompiled}", flush=True)
     rows: list[dict[str, Any]] = []
     env = environment()

@@ -62,3 +62,22 @@ def kernel_stubs(monkeypatch: pytest.MonkeyPatch):
                  "_bwd_preprocess_kernel", "_cast_pair_kernel"):
         monkeypatch.setattr(sx, name, _StubKernel(getattr(sx, name)))
     return sx
+
+
+@pytest.fixture
+def poison(monkeypatch: pytest.MonkeyPatch):
+    """poison() makes every torch.empty / empty_like / Tensor.new_empty NaN-filled until the returned
+    undo() runs: an output element a kernel leaves unwritten then fails the comparison."""
+
+    def install():
+        real_empty, real_like, real_new = torch.empty, torch.empty_like, torch.Tensor.new_empty
+
+        def nan(t):
+            return t.fill_(float("nan")) if t.is_floating_point() else t
+
+        monkeypatch.setattr(torch, "empty", lambda *a, **k: nan(real_empty(*a, **k)))
+        monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan(real_like(*a, **k)))
+        monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: nan(real_new(self, *a, **k)))
+        return monkeypatch.undo
+
+    return install

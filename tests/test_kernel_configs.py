@@ -115,3 +115,52 @@ def test_forward_pruning_by_stage_size(tokens: int, bn256: bool, bm16: bool) -> 
     assert all(c.kwargs["BLOCK_N"] <= max(32, 1 << (tokens - 1).bit_length()) for c in kept)
     fp32 = sx._prune_fwd(sx._FWD_CONFIGS, {**args, "Qc": q.float()}, HEAD_DIM=32)
     assert not any(c.kwargs["POLY_EXP"] for c in fp32)
+
+
+@pytest.mark.parametrize(
+    ("block", "lengths", "tail"),
+    [(64, (196, 196), 16), (64, (784,), 16), (64, (3136,), 64), (32, (70, 45), 16), (64, (70, 45), 64),
+     (128, (784, 784), 16), (32, (13, 9), 16), (32, (21,), 32), (16, (5,), 16), (64, (0, 64), 64)],
+)
+def test_tail_tile(block: int, lengths: tuple[int, ...], tail: int) -> None:
+    """The ragged last block gets the smallest power-of-two tile (>= 16) that covers every
+    direction's remainder; no remainder, or one that needs the whole tile, keeps the block."""
+    assert _sx()._tail(block, *lengths) == tail
+
+
+TAIL_CASES = [  # (Lc, Ld, Lkc, Lkd): M and N tails, N tail only with no full key block, L_c != L_d
+    (70, 40, 70, 40), (33, 33, 13, 9), (96, 64, 64, 96), (50, 21, 21, 50),
+]
+
+
+@pytest.mark.parametrize("lengths", TAIL_CASES, ids=["x".join(map(str, c)) for c in TAIL_CASES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_forward_tails_match_float64(lengths, dtype, poison, monkeypatch: pytest.MonkeyPatch) -> None:
+    """32x32 tiles with narrower tails: every row written (NaN-poisoned outputs), values and LSE
+    right, and the launch really got the tails `_fwd_tails` derives."""
+    sx = _sx()
+    Lc, Ld, Lkc, Lkd = lengths
+    seen: list[dict] = []
+    real_tails = sx._fwd_tails
+
+    def spy(cfg, **kw):
+        out = real_tails(cfg, **kw)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(sx, "_fwd_tails", spy)
+    monkeypatch.setattr(sx, "_fixed_fwd", _Fixed({"BLOCK_M": 32, "BLOCK_N": 32}))
+    monkeypatch.setattr(sx, "_DIRECT", {})
+    g = torch.Generator().manual_seed(sum(lengths))
+    sizes = [(Lc, 16), (Lkc, 16), (Lkc, 16), (Ld, 16), (Lkd, 16), (Lkd, 16)]
+    xs = [torch.randn(2, 2, n, d, generator=g).to(dtype) for n, d in sizes]
+    x64 = [t.double() for t in xs]
+    undo = poison()
+    o_c, o_d, lse_c, lse_d = sx.forward(*xs, 0.25)
+    undo()
+    want = reference.shared_cross_attention_reference_with_lse(*x64, 0.25)
+    tol = 3e-3 if dtype == torch.float16 else 2e-5
+    for got, w in zip((o_c, o_d, lse_c, lse_d), want, strict=True):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got.double(), w.double(), atol=tol, rtol=tol)
+    assert seen == [{"TAIL_M": sx._tail(32, Lc, Ld), "TAIL_N": sx._tail(32, Lkc, Lkd)}]

@@ -49,28 +49,6 @@ def _close(actual, expected, dtype, what):
     torch.testing.assert_close(actual.double(), expected, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
 
 
-@pytest.fixture
-def poison(monkeypatch):
-    """Make every torch.empty/empty_like inside the launchers NaN-filled: unwritten elements fail."""
-
-    def install():
-        real_empty, real_like = torch.empty, torch.empty_like
-
-        def empty(*a, **k):
-            t = real_empty(*a, **k)
-            return t.fill_(float("nan")) if t.is_floating_point() else t
-
-        def empty_like(*a, **k):
-            t = real_like(*a, **k)
-            return t.fill_(float("nan")) if t.is_floating_point() else t
-
-        monkeypatch.setattr(torch, "empty", empty)
-        monkeypatch.setattr(torch, "empty_like", empty_like)
-        return monkeypatch.undo
-
-    return install
-
-
 # (B, H, Lc, Ld, D, Lkc, Lkd, backward path): odd counts, Lc != Ld, K/V reduction, D not a power of 2
 SHAPES = [
     (2, 2, 37, 21, 16, None, None, "small"),
@@ -349,11 +327,19 @@ def test_precompile_worker_warms_each_candidate_once(monkeypatch):
     assert sx._WARMUP_ONLY is None
     kernels = {"fwd": "_fwd_kernel", "bwd": "_bwd_kernel", "bwd_atomic": "_bwd_atomic_kernel",
                "bwd_small": "_bwd_small_kernel"}
-    expected = sorted((kernels[name], 32) for _, name, _ in jobs)
+    expected = sorted((kernels[name], 32) for _, name, _, _ in jobs)
     assert sorted((c[0], c[1]) for c in calls) == expected
-    for (_, name, i), call in zip(jobs, calls, strict=True):
+    for (_, name, i, tokens), call in zip(jobs, calls, strict=True):
         cfg = sx._candidates()[name][i]
         assert all(call[2][k] == v for k, v in cfg.kwargs.items())
+        if name == "fwd":  # compiled with the tails of its token count
+            assert {k: call[2][k] for k in ("TAIL_M", "TAIL_N")} == sx._fwd_tails(cfg.kwargs, *[tokens] * 4)
+    # every (forward candidate, tails) that a stage token count needs is among the jobs
+    fwd_jobs = {(i, tuple(sx._fwd_tails(sx._FWD_CONFIGS[i].kwargs, *[t] * 4).values()))
+                for _, name, i, t in jobs if name == "fwd"}
+    for i, cfg in enumerate(sx._FWD_CONFIGS):
+        for n in sx.STAGE_TOKENS:
+            assert (i, tuple(sx._fwd_tails(cfg.kwargs, n, n, n, n).values())) in fwd_jobs
 
 
 def test_tiny_ssn_training_triton_matches_reference():
