@@ -20,7 +20,13 @@ No path holds an L_q x L_k matrix in memory; each launch covers both directions.
 
 Environment knobs (read per call): SSNBENCH_XATTN_AUTOTUNE=0 (fixed config table on CUDA),
 SSNBENCH_XATTN_BWD_PATH=general|atomic (force the > 64-token backward path), SSNBENCH_XATTN_POLY_EXP=1
-(the fixed forward config uses `_exp2_fma`, fp16/bf16; autotuning considers it anyway).
+(the fixed forward config uses `_exp2_fma`, fp16/bf16; autotuning considers it anyway),
+SSNBENCH_XATTN_TAILS=0 (full tiles for the ragged last blocks: the A/B of the tail tiles).
+
+Tail tiles: the SSN stage token counts (3136, 784, 196, 49) are not multiples of the power-of-two
+tiles. The forward and the general backward give the ragged last block of each loop (and the
+program that owns the ragged last block) the smallest power-of-two tile >= 16 that covers it
+(`_tail`), instead of a full masked tile.
 
 Inputs may be strided (the block passes views of one QKV GEMM output); the only layout requirement
 is a unit stride on the head dim and no unit stride elsewhere (the launchers copy otherwise: a unit
@@ -440,6 +446,79 @@ def _bwd_dkdv_step(
     return dk, dv
 
 
+@triton.jit
+def _bwd_dkdv_block(
+    q_base, k_base, v_base, do_base, lse_base, del_base, dk_base, dv_base, bh, row0, start_n, Lq, Lk,
+    s_ql, s_kl, s_vl, s_gl, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_M1: tl.constexpr,
+    TAIL_M1: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """dK/dV of the ROWS keys from `start_n`: a loop over full query blocks, then the ragged rest of
+    the queries as one masked block of TAIL_M1 rows."""
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    offs_n = start_n + tl.arange(0, ROWS)
+    n_mask = (offs_n[:, None] < Lk) & d_ok
+    k = tl.load(k_base + offs_n[:, None] * s_kl + offs_d[None, :], mask=n_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * s_vl + offs_d[None, :], mask=n_mask, other=0.0)
+    dk = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    offs_m0 = tl.arange(0, BLOCK_M1)
+    m_full = (Lq // BLOCK_M1) * BLOCK_M1
+    for start_m in range(0, m_full, BLOCK_M1):
+        dk, dv = _bwd_dkdv_step(
+            dk, dv, k, v, q_base, do_base, lse_base, del_base, row0, start_m, Lq, s_ql, s_gl, qk_scale,
+            offs_m0, offs_d, d_ok, False, DOT_PREC,
+        )
+    if m_full < Lq:
+        dk, dv = _bwd_dkdv_step(
+            dk, dv, k, v, q_base, do_base, lse_base, del_base, row0, m_full, Lq, s_ql, s_gl, qk_scale,
+            tl.arange(0, TAIL_M1), offs_d, d_ok, True, DOT_PREC,
+        )
+    row_k = bh.to(tl.int64) * Lk + offs_n
+    out_k = row_k[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(dk_base + out_k, (dk * sm_scale).to(dk_base.dtype.element_ty), mask=n_mask)
+    tl.store(dv_base + out_k, dv.to(dv_base.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
+def _bwd_dq_block(
+    q_base, k_base, v_base, do_base, lse_base, del_base, dq_base, row0, start_m, Lq, Lk,
+    s_ql, s_kl, s_vl, s_gl, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N2: tl.constexpr,
+    TAIL_N2: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """dQ of the ROWS queries from `start_m`: a loop over full key blocks, then the ragged rest of
+    the keys as one masked block of TAIL_N2 keys."""
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    offs_m = start_m + tl.arange(0, ROWS)
+    m_mask = (offs_m[:, None] < Lq) & d_ok
+    q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :], mask=m_mask, other=0.0)
+    do = tl.load(do_base + offs_m[:, None] * s_gl + offs_d[None, :], mask=m_mask, other=0.0)
+    lse = tl.load(lse_base + row0 + offs_m, mask=offs_m < Lq, other=0.0) * 1.4426950408889634
+    delta = tl.load(del_base + row0 + offs_m, mask=offs_m < Lq, other=0.0)
+    offs_n2 = tl.arange(0, BLOCK_N2)
+    k_ptrs = k_base + offs_n2[:, None] * s_kl + offs_d[None, :]
+    v_ptrs = v_base + offs_n2[:, None] * s_vl + offs_d[None, :]
+    dq = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    n_full = (Lk // BLOCK_N2) * BLOCK_N2
+    for start_n2 in range(0, n_full, BLOCK_N2):
+        dq = _bwd_dq_step(
+            dq, q, do, lse, delta, k_ptrs, v_ptrs, start_n2, Lk, s_kl, s_vl, qk_scale, offs_n2, d_ok,
+            False, DOT_PREC,
+        )
+    if n_full < Lk:
+        offs_t = tl.arange(0, TAIL_N2)
+        dq = _bwd_dq_step(
+            dq, q, do, lse, delta, k_base + offs_t[:, None] * s_kl + offs_d[None, :],
+            v_base + offs_t[:, None] * s_vl + offs_d[None, :], n_full, Lk, s_kl, s_vl, qk_scale, offs_t, d_ok,
+            True, DOT_PREC,
+        )
+    out_q = (row0 + offs_m)[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(dq_base + out_q, (dq * sm_scale).to(dq_base.dtype.element_ty), mask=m_mask)
+
+
 @triton.jit(do_not_specialize=_NO_SPEC)
 def _bwd_kernel(
     Qc, Kc, Vc, Qd, Kd, Vd, dOc, dOd, LSEc, LSEd, DELc, DELd,
@@ -450,9 +529,11 @@ def _bwd_kernel(
     H, Lc, Lkc, Ld, Lkd, qk_scale, sm_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr, BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr,
+    TAIL_M1: tl.constexpr, TAIL_N1: tl.constexpr, TAIL_M2: tl.constexpr, TAIL_N2: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    """Program pid: dK/dV of key block pid (loop over queries), then dQ of query block pid."""
+    """Program pid: dK/dV of key block pid (loop over queries), then dQ of query block pid. The
+    TAIL_* tiles (`_bwd_tails`) serve the ragged last block of each of the four loops/blocks."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     direction = tl.program_id(2)
@@ -477,62 +558,53 @@ def _bwd_kernel(
         dq_base = dQd
         dk_base = dKc
         dv_base = dVc
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d[None, :] < HEAD_DIM
     row0 = bh.to(tl.int64) * Lq
 
     # ---- dK, dV for keys [pid*BLOCK_N1, +BLOCK_N1) ----
     start_n = pid * BLOCK_N1
     if start_n < Lk:
-        offs_n = start_n + tl.arange(0, BLOCK_N1)
-        n_mask = (offs_n[:, None] < Lk) & d_ok
-        k = tl.load(k_base + offs_n[:, None] * s_kl + offs_d[None, :], mask=n_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * s_vl + offs_d[None, :], mask=n_mask, other=0.0)
-        dk = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
-        dv = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
-        offs_m0 = tl.arange(0, BLOCK_M1)
-        m_full = (Lq // BLOCK_M1) * BLOCK_M1
-        for start_m in range(0, m_full, BLOCK_M1):
-            dk, dv = _bwd_dkdv_step(
-                dk, dv, k, v, q_base, do_base, lse_base, del_base, row0, start_m, Lq, s_ql, s_gl, qk_scale,
-                offs_m0, offs_d, d_ok, False, DOT_PREC,
+        if TAIL_N1 != BLOCK_N1:
+            if start_n + BLOCK_N1 > Lk:
+                _bwd_dkdv_block(
+                    q_base, k_base, v_base, do_base, lse_base, del_base, dk_base, dv_base, bh, row0, start_n,
+                    Lq, Lk, s_ql, s_kl, s_vl, s_gl, qk_scale, sm_scale,
+                    HEAD_DIM, BLOCK_D, TAIL_N1, BLOCK_M1, TAIL_M1, DOT_PREC,
+                )
+            else:
+                _bwd_dkdv_block(
+                    q_base, k_base, v_base, do_base, lse_base, del_base, dk_base, dv_base, bh, row0, start_n,
+                    Lq, Lk, s_ql, s_kl, s_vl, s_gl, qk_scale, sm_scale,
+                    HEAD_DIM, BLOCK_D, BLOCK_N1, BLOCK_M1, TAIL_M1, DOT_PREC,
+                )
+        else:
+            _bwd_dkdv_block(
+                q_base, k_base, v_base, do_base, lse_base, del_base, dk_base, dv_base, bh, row0, start_n,
+                Lq, Lk, s_ql, s_kl, s_vl, s_gl, qk_scale, sm_scale,
+                HEAD_DIM, BLOCK_D, BLOCK_N1, BLOCK_M1, TAIL_M1, DOT_PREC,
             )
-        if m_full < Lq:
-            dk, dv = _bwd_dkdv_step(
-                dk, dv, k, v, q_base, do_base, lse_base, del_base, row0, m_full, Lq, s_ql, s_gl, qk_scale,
-                offs_m0, offs_d, d_ok, True, DOT_PREC,
-            )
-        row_k = bh.to(tl.int64) * Lk + offs_n
-        out_k = row_k[:, None] * HEAD_DIM + offs_d[None, :]
-        tl.store(dk_base + out_k, (dk * sm_scale).to(dk_base.dtype.element_ty), mask=n_mask)
-        tl.store(dv_base + out_k, dv.to(dv_base.dtype.element_ty), mask=n_mask)
 
     # ---- dQ for queries [pid*BLOCK_M2, +BLOCK_M2) ----
     start_m2 = pid * BLOCK_M2
     if start_m2 < Lq:
-        offs_m = start_m2 + tl.arange(0, BLOCK_M2)
-        m_mask = (offs_m[:, None] < Lq) & d_ok
-        q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :], mask=m_mask, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * s_gl + offs_d[None, :], mask=m_mask, other=0.0)
-        lse = tl.load(lse_base + row0 + offs_m, mask=offs_m < Lq, other=0.0) * 1.4426950408889634
-        delta = tl.load(del_base + row0 + offs_m, mask=offs_m < Lq, other=0.0)
-        offs_n2 = tl.arange(0, BLOCK_N2)
-        k_ptrs = k_base + offs_n2[:, None] * s_kl + offs_d[None, :]
-        v_ptrs = v_base + offs_n2[:, None] * s_vl + offs_d[None, :]
-        dq = tl.zeros([BLOCK_M2, BLOCK_D], dtype=tl.float32)
-        n_full = (Lk // BLOCK_N2) * BLOCK_N2
-        for start_n2 in range(0, n_full, BLOCK_N2):
-            dq = _bwd_dq_step(
-                dq, q, do, lse, delta, k_ptrs, v_ptrs, start_n2, Lk, s_kl, s_vl, qk_scale, offs_n2, d_ok,
-                False, DOT_PREC,
+        if TAIL_M2 != BLOCK_M2:
+            if start_m2 + BLOCK_M2 > Lq:
+                _bwd_dq_block(
+                    q_base, k_base, v_base, do_base, lse_base, del_base, dq_base, row0, start_m2, Lq, Lk,
+                    s_ql, s_kl, s_vl, s_gl, qk_scale, sm_scale,
+                    HEAD_DIM, BLOCK_D, TAIL_M2, BLOCK_N2, TAIL_N2, DOT_PREC,
+                )
+            else:
+                _bwd_dq_block(
+                    q_base, k_base, v_base, do_base, lse_base, del_base, dq_base, row0, start_m2, Lq, Lk,
+                    s_ql, s_kl, s_vl, s_gl, qk_scale, sm_scale,
+                    HEAD_DIM, BLOCK_D, BLOCK_M2, BLOCK_N2, TAIL_N2, DOT_PREC,
+                )
+        else:
+            _bwd_dq_block(
+                q_base, k_base, v_base, do_base, lse_base, del_base, dq_base, row0, start_m2, Lq, Lk,
+                s_ql, s_kl, s_vl, s_gl, qk_scale, sm_scale,
+                HEAD_DIM, BLOCK_D, BLOCK_M2, BLOCK_N2, TAIL_N2, DOT_PREC,
             )
-        if n_full < Lk:
-            dq = _bwd_dq_step(
-                dq, q, do, lse, delta, k_ptrs, v_ptrs, n_full, Lk, s_kl, s_vl, qk_scale, offs_n2, d_ok,
-                True, DOT_PREC,
-            )
-        out_q = (row0 + offs_m)[:, None] * HEAD_DIM + offs_d[None, :]
-        tl.store(dq_base + out_q, (dq * sm_scale).to(dq_base.dtype.element_ty), mask=m_mask)
 
 
 @triton.jit
@@ -667,9 +739,33 @@ def _tail(block: int, *lengths: int) -> int:
     return min(block, _np2(rest)) if rest else block
 
 
+def tails_enabled() -> bool:
+    """SSNBENCH_XATTN_TAILS=0 gives the ragged last blocks full tiles (the benchmark's A/B)."""
+    return os.environ.get("SSNBENCH_XATTN_TAILS", "1") != "0"
+
+
 def _fwd_tails(cfg: dict[str, Any], lc: int, ld: int, lkc: int, lkd: int) -> dict[str, int]:
     """TAIL_M / TAIL_N of `_fwd_kernel` for a config's BLOCK_M / BLOCK_N at these token counts."""
+    if not tails_enabled():
+        return {"TAIL_M": cfg["BLOCK_M"], "TAIL_N": cfg["BLOCK_N"]}
     return {"TAIL_M": _tail(cfg["BLOCK_M"], lc, ld), "TAIL_N": _tail(cfg["BLOCK_N"], lkc, lkd)}
+
+
+def _bwd_tails(cfg: dict[str, Any], lc: int, ld: int, lkc: int, lkd: int) -> dict[str, int]:
+    """TAIL_M1/N1/M2/N2 of `_bwd_kernel`: M tiles run over queries, N tiles over keys."""
+    if not tails_enabled():
+        return {"TAIL_M1": cfg["BLOCK_M1"], "TAIL_N1": cfg["BLOCK_N1"],
+                "TAIL_M2": cfg["BLOCK_M2"], "TAIL_N2": cfg["BLOCK_N2"]}
+    return {"TAIL_M1": _tail(cfg["BLOCK_M1"], lc, ld), "TAIL_N1": _tail(cfg["BLOCK_N1"], lkc, lkd),
+            "TAIL_M2": _tail(cfg["BLOCK_M2"], lc, ld), "TAIL_N2": _tail(cfg["BLOCK_N2"], lkc, lkd)}
+
+
+def _tail_heuristics(derive: Any, blocks: tuple[str, ...]) -> dict[str, Any]:
+    """triton.heuristics values: each TAIL_* from the candidate's tiles and the launch's token counts."""
+    def one(name: str) -> Any:
+        return lambda a: derive({b: a[b] for b in blocks}, a["Lc"], a["Ld"], a["Lkc"], a["Lkd"])[name]
+
+    return {b.replace("BLOCK_", "TAIL_"): one(b.replace("BLOCK_", "TAIL_")) for b in blocks}
 
 
 def _autotune_enabled() -> bool:
@@ -765,10 +861,11 @@ def _tuned(name: str) -> Any:
         # the atomic kernel accumulates dQ: zero the accumulators before every timed run
         reset = ["DQAc", "DQAd"] if name == "bwd_atomic" else None
         if name == "fwd":  # tails follow from each candidate's tiles and the token counts
-            fn = triton.heuristics({
-                "TAIL_M": lambda a: _tail(a["BLOCK_M"], a["Lc"], a["Ld"]),
-                "TAIL_N": lambda a: _tail(a["BLOCK_N"], a["Lkc"], a["Lkd"]),
-            })(fn)
+            fn = triton.heuristics(_tail_heuristics(_fwd_tails, ("BLOCK_M", "BLOCK_N")))(fn)
+        elif name == "bwd":
+            fn = triton.heuristics(
+                _tail_heuristics(_bwd_tails, ("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2"))
+            )(fn)
         _AUTOTUNED[name] = triton.autotune(
             configs=configs, key=_KEYS, prune_configs_by=prune_by, reset_to_zero=reset
         )(fn)
@@ -1035,8 +1132,9 @@ def forward(
         "fwd", _fwd_kernel, lambda m: ((lq + m["BLOCK_M"] - 1) // m["BLOCK_M"], B * H, 2),
         (q_c, k_c, v_c, q_d, k_d, v_d, o_c, o_d, lse_c, lse_d),
         (*strides, H, Lc, Lkc, Ld, Lkd, scale * LOG2E),
-        _meta(D, dt), (Lc, Lkc, Ld, Lkd, D, dt), partial(_fixed_fwd, lq, max(Lkc, Lkd), D, dt),
-        int_spec(strides, H), partial(_fwd_tails, lc=Lc, ld=Ld, lkc=Lkc, lkd=Lkd),
+        _meta(D, dt), (Lc, Lkc, Ld, Lkd, D, dt, tails_enabled()),
+        partial(_fixed_fwd, lq, max(Lkc, Lkd), D, dt), int_spec(strides, H),
+        partial(_fwd_tails, lc=Lc, ld=Ld, lkc=Lkc, lkd=Lkd),
     )
     return o_c, o_d, lse_c, lse_d
 
@@ -1104,7 +1202,7 @@ def backward(
         path = "small"
     meta = _meta(D, dt)
     common = (*strides, H, Lc, Lkc, Ld, Lkd, scale * LOG2E, scale)
-    key = (Lc, Lkc, Ld, Lkd, D, dt)
+    key = (Lc, Lkc, Ld, Lkd, D, dt, tails_enabled())
     spec = int_spec(strides, H)
     if path == "small":
         LAUNCHES["bwd_small"] += 1
@@ -1154,6 +1252,7 @@ def backward(
                 "bwd", _bwd_kernel, grid,
                 (q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, lse_c, lse_d, delta_c, delta_d, *grads), common,
                 meta, key, partial(_fixed_bwd, lq, lk, D), spec,
+                partial(_bwd_tails, lc=Lc, ld=Ld, lkc=Lkc, lkd=Lkd),
             )
             return
         LAUNCHES["bwd_atomic"] += 1
@@ -1186,6 +1285,7 @@ def _choose_path(key: tuple, run: Any, lq: int, lk: int, d: int) -> str:
     once per key when autotuning (each path autotuned first), else DEFAULT_LARGE_PATH."""
     if not _autotune_enabled():
         return DEFAULT_LARGE_PATH
+    key = key[:-1]  # without the tails knob: the tails A/B compares the same path
     best = _BEST.get(("bwd_path", key))
     if best is None:
         from triton.testing import do_bench

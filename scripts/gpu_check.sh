@@ -166,6 +166,18 @@ if any("fwd_graph_speedup_vs_sdpa_2calls" in s or "fwdbwd_graph_speedup_vs_best"
         ok = lambda k: "ok" if s.get(k) else ("MISS" if k in s else "-")
         print(f"{L:>5} {D:>3} | {f.get('fwd_graph_ms', 0):9.4f} {q.get('fwd_graph_ms', 0):9.4f} {s.get('fwd_graph_speedup_vs_sdpa_2calls', 0):5.2f} {ok('fwd_graph_floor_met'):>5} |"
               f" {f.get('fwdbwd_graph_ms', 0):9.4f} {b.get('fwdbwd_graph_ms', 0):9.4f} {s.get('fwdbwd_graph_speedup_vs_best', 0):5.2f} {ok('fwdbwd_graph_floor_met'):>5} {best}")
+if any(m == "fused_notails" for (_, _, m) in rows):
+    print("tails A/B (same configs; x = no-tails ms / tails ms, > 1: the tails help):")
+    print(f"{'L':>5} {'D':>3} | {'fwd':>7} {'notails':>7} {'x':>5} | {'f+b':>7} {'notails':>7} {'x':>5} | graph fwd x, f+b x")
+    for s in r["speedups"]:
+        L, D = s["L"], s["D"]
+        f, n = rows.get((L, D, "fused"), {}), rows.get((L, D, "fused_notails"), {})
+        if not n:
+            continue
+        ratio = lambda k: n.get(k, 0) / f[k] if f.get(k) else 0
+        print(f"{L:>5} {D:>3} | {f.get('fwd_ms', 0):7.4f} {n.get('fwd_ms', 0):7.4f} {ratio('fwd_ms'):5.2f} |"
+              f" {f.get('fwdbwd_ms', 0):7.4f} {n.get('fwdbwd_ms', 0):7.4f} {ratio('fwdbwd_ms'):5.2f} |"
+              f" {ratio('fwd_graph_ms'):5.2f} {ratio('fwdbwd_graph_ms'):5.2f}")
 if not r["speedups"]:
     print(r.get("note") or "no fused rows")
 for x in r["rows"]:

@@ -7,6 +7,7 @@ times forward and forward+backward of both directions for:
               what the direct launch of compiled kernels saves in host time
 - fused_fixed the same kernels with the fixed config table (SSNBENCH_XATTN_AUTOTUNE=0)
 - fused_op    the autotuned kernels called through the torch.library custom op (dispatch overhead)
+- fused_notails the same configs with full tiles for the ragged last blocks (SSNBENCH_XATTN_TAILS=0)
 - sdpa_2calls torch SDPA once per direction
 - sdpa_batched one SDPA call over both directions stacked on the batch (inputs pre-stacked)
 - naive       softmax(q kᵀ s) v in plain PyTorch, per direction
@@ -61,6 +62,7 @@ METHOD_ENV = {
     "fused_jit": {"SSNBENCH_XATTN_DIRECT_LAUNCH": "0"},  # Triton's JIT launch path on every call
     "fused_fixed": {"SSNBENCH_XATTN_AUTOTUNE": "0"},  # fixed config table instead of autotuned
     "fused_op": {"SSNBENCH_XATTN_CUSTOM_OP": "1"},  # through torch.library dispatch (what compile sees)
+    "fused_notails": {"SSNBENCH_XATTN_TAILS": "0"},  # full tiles for the ragged last blocks (A/B)
 }
 
 GRAPH_CALLS = 20  # calls unrolled in one CUDA graph (at most)
@@ -91,6 +93,7 @@ def _methods(gpu: bool) -> dict[str, Callable[[Inputs], Any] | None]:
         # the same op with env toggled around it (see METHOD_ENV)
         methods["fused_fixed"] = lambda x: shared_cross_attention(*x)
         methods["fused_op"] = lambda x: shared_cross_attention(*x)
+        methods["fused_notails"] = lambda x: shared_cross_attention(*x)
     methods["sdpa_2calls"] = lambda x: (
         F.scaled_dot_product_attention(x[0], x[4], x[5]),
         F.scaled_dot_product_attention(x[3], x[1], x[2]),

@@ -164,3 +164,46 @@ def test_forward_tails_match_float64(lengths, dtype, poison, monkeypatch: pytest
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got.double(), w.double(), atol=tol, rtol=tol)
     assert seen == [{"TAIL_M": sx._tail(32, Lc, Ld), "TAIL_N": sx._tail(32, Lkc, Lkd)}]
+
+
+BWD_TAIL_CASES = [(70, 40, 70, 40), (33, 50, 13, 97), (80, 64, 64, 100)]
+
+
+@pytest.mark.parametrize("lengths", BWD_TAIL_CASES, ids=["x".join(map(str, c)) for c in BWD_TAIL_CASES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_backward_tails_match_float64(lengths, dtype, poison, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The general backward with 32-row tiles and narrower tails on all four loops/blocks: every
+    gradient element written (NaN-poisoned) and right, and the launch got `_bwd_tails`' tiles."""
+    sx = _sx()
+    Lc, Ld, Lkc, Lkd = lengths
+    seen: list[dict] = []
+    real_tails = sx._bwd_tails
+
+    def spy(cfg, **kw):
+        out = real_tails(cfg, **kw)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(sx, "_bwd_tails", spy)
+    tiles = {"BLOCK_M1": 32, "BLOCK_N1": 32, "BLOCK_M2": 32, "BLOCK_N2": 32}
+    monkeypatch.setattr(sx, "_fixed_bwd", _Fixed(tiles))
+    monkeypatch.setattr(sx, "_DIRECT", {})
+    g = torch.Generator().manual_seed(sum(lengths))
+    sizes = [Lc, Lkc, Lkc, Ld, Lkd, Lkd]
+    xs = [torch.randn(2, 2, n, 16, generator=g).to(dtype) for n in sizes]
+    do = [torch.randn(2, 2, n, 16, generator=g).to(dtype) for n in (Lc, Ld)]
+    x64 = [t.double().requires_grad_() for t in xs]
+    o_c, o_d, lse_c, lse_d = sx.forward(*xs, 0.25)
+    undo = poison()
+    grads = sx.backward(*do, *xs, o_c, o_d, lse_c, lse_d, 0.25, path="general")
+    undo()
+    want = reference.shared_cross_attention_reference_with_lse(*x64, 0.25)
+    want_grads = torch.autograd.grad(want[:2], x64, [d.double() for d in do])
+    tol = 1e-2 if dtype == torch.float16 else 5e-5
+    for name, got, w in zip(("dq_c", "dk_c", "dv_c", "dq_d", "dk_d", "dv_d"), grads, want_grads, strict=True):
+        assert torch.isfinite(got).all(), f"{name} has unwritten (NaN) elements"
+        torch.testing.assert_close(got.double(), w, atol=tol, rtol=tol, msg=lambda m, n=name: f"{n}: {m}")
+    tails = {"TAIL_M1": sx._tail(32, Lc, Ld), "TAIL_N1": sx._tail(32, Lkc, Lkd),
+             "TAIL_M2": sx._tail(32, Lc, Ld), "TAIL_N2": sx._tail(32, Lkc, Lkd)}
+    assert seen == [tails]
+    assert any(v < 32 for v in tails.values())

@@ -90,6 +90,59 @@ def test_forward_poly_exp_bf16(case, monkeypatch):
     test_against_float64(case, torch.bfloat16)
 
 
+def _candidate_ids(configs) -> list[str]:
+    return ["-".join(f"{k[6:]}{v}" for k, v in c.kwargs.items()) + f"-w{c.num_warps}s{c.num_stages}"
+            for c in configs]
+
+
+def _check_candidate(kind: str, cfg, poison, monkeypatch) -> None:
+    """One autotune candidate (forced as the fixed config) at ragged token counts, so its tail tiles
+    run in both directions, against float64; outputs and gradients NaN-poisoned before the call."""
+    from ssnbench.kernels import shared_xattn
+
+    tiles = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    monkeypatch.setenv("SSNBENCH_XATTN_AUTOTUNE", "0")
+    monkeypatch.setenv("SSNBENCH_XATTN_BWD_PATH", "general")
+    monkeypatch.setattr(shared_xattn, "_fixed_fwd" if kind == "fwd" else "_fixed_bwd", lambda *a: dict(tiles))
+    monkeypatch.setattr(shared_xattn, "_DIRECT", {})
+    B, H, Lc, Ld, D = 2, 4, 272, 197, 64  # remainders 16/5 (tiles of 32-256): every tail size used
+    xs = _inputs(B, H, Lc, Ld, D, torch.bfloat16)
+    do = tuple(torch.randn(B, H, L, D, device="cuda").to(torch.bfloat16) for L in (Lc, Ld))
+    ref = _run(reference.shared_cross_attention_reference, [t.double() for t in xs], [g.double() for g in do])
+    base = _run(_sdpa, xs, do)
+    undo = poison()
+    got = _run(shared_cross_attention, xs, do)
+    undo()
+    for name, g, r, s in zip(["o_c", "o_d", "dq_c", "dk_c", "dv_c", "dq_d", "dk_d", "dv_d"], got, ref, base,
+                             strict=True):
+        assert torch.isfinite(g).all(), f"{name}: unwritten (NaN) elements"
+        err = (g.double() - r).abs().max().item()
+        allowed = 3 * (s.double() - r).abs().max().item() + FLOOR[torch.bfloat16] * r.abs().max().item()
+        assert err <= allowed, f"{name}: max error {err:.3e} > allowed {allowed:.3e}"
+
+
+def _fwd_candidates():
+    from ssnbench.kernels import shared_xattn
+
+    return shared_xattn._FWD_CONFIGS
+
+
+def _bwd_candidates():
+    from ssnbench.kernels import shared_xattn
+
+    return shared_xattn._BWD_CONFIGS
+
+
+@pytest.mark.parametrize("cfg", _fwd_candidates(), ids=_candidate_ids(_fwd_candidates()))
+def test_every_forward_candidate_bf16(cfg, poison, monkeypatch):
+    _check_candidate("fwd", cfg, poison, monkeypatch)
+
+
+@pytest.mark.parametrize("cfg", _bwd_candidates(), ids=_candidate_ids(_bwd_candidates()))
+def test_every_backward_candidate_bf16(cfg, poison, monkeypatch):
+    _check_candidate("bwd", cfg, poison, monkeypatch)
+
+
 def test_one_forward_launch_and_paths(monkeypatch):
     from ssnbench.kernels import shared_xattn
 
