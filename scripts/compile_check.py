@@ -5,7 +5,8 @@ Why: a lent GPU's minutes are few; a kernel change that fails to compile for sm_
 whose shared memory outgrows the card (228 KB per SM on H100/H200), is found here first. The
 interpreter (the CPU tests) runs Python semantics and proves neither.
 
-    python scripts/compile_check.py [--arch 90] [--dims 32,64] [--lengths 3136,784,196,49] [--json PATH]
+    python scripts/compile_check.py [--arch 90] [--dims 32,64] [--lengths 3136,784,196,49]
+                                    [--indices 0,4] [--json PATH]
 
 Each (kernel, candidate, head dim) is compiled with the tails of every token count (deduplicated)
 and once without tails (SSNBENCH_XATTN_TAILS=0 equivalent), so their shared memory can be compared.
@@ -57,7 +58,8 @@ def _compile(job: tuple[str, int, int, tuple[tuple[str, int], ...], int]) -> dic
     if kernel == "fwd":
         consts.setdefault("POLY_EXP", False)
     src = ASTSource(fn=fn, signature=_signature(fn, consts, "bf16"), constexprs=consts)
-    rec: dict[str, Any] = {"kernel": kernel, "index": index, "D": d, "config": str(cfg), "tails": dict(tails)}
+    rec: dict[str, Any] = {"kernel": kernel, "index": index, "D": d, "config": str(cfg), "tails": dict(tails),
+                           "blocks": {k: v for k, v in cfg.kwargs.items() if k.startswith("BLOCK_")}}
     t0 = time.perf_counter()
     try:
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
@@ -71,13 +73,15 @@ def _compile(job: tuple[str, int, int, tuple[tuple[str, int], ...], int]) -> dic
     return rec
 
 
-def _jobs(dims: list[int], lengths: list[int], arch: int) -> list[tuple]:
+def _jobs(dims: list[int], lengths: list[int], arch: int, indices: set[int] | None = None) -> list[tuple]:
     from ssnbench.kernels import shared_xattn as sx
 
     jobs = []
     kinds = (("fwd", sx._FWD_CONFIGS, sx._fwd_tails), ("bwd", sx._BWD_CONFIGS, sx._bwd_tails))
     for kernel, configs, derive in kinds:
         for i, cfg in enumerate(configs):
+            if indices is not None and i not in indices:
+                continue
             blocks = {k: v for k, v in cfg.kwargs.items() if k.startswith("BLOCK_")}
             variants = {tuple(sorted((k.replace("BLOCK_", "TAIL_"), v) for k, v in blocks.items()))}
             for n in lengths:
@@ -92,12 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--dims", default="32,64")
     parser.add_argument("--lengths", default="3136,784,196,49")
+    parser.add_argument("--indices", default=None, help="candidate indices to compile (default: all)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     dims = [int(x) for x in args.dims.split(",")]
     lengths = [int(x) for x in args.lengths.split(",")]
-    jobs = _jobs(dims, lengths, args.arch)
+    indices = {int(x) for x in args.indices.split(",")} if args.indices else None
+    jobs = _jobs(dims, lengths, args.arch, indices)
     print(f"compiling {len(jobs)} kernels for sm_{args.arch} with {args.workers} workers", flush=True)
     with ProcessPoolExecutor(args.workers) as pool:
         records = list(pool.map(_compile, jobs))
