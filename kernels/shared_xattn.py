@@ -203,7 +203,7 @@ def _fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     TAIL_M: tl.constexpr, TAIL_N: tl.constexpr, DOT_PREC: tl.constexpr, POLY_EXP: tl.constexpr = False,
 ):
-    """TAIL_M / TAIL_N (<= BLOCK_M / BLOCK_N, set by `_fwd_tails`): the tile of the last, ragged
+    """TAIL_M / TAIL_N (<= BLOCK_M / BLOCK_N, set by `_tails`): the tile of the last, ragged
     query block and key block. The SSN stage token counts (49, 196, 784, 3136) are not multiples of
     the power-of-two tiles, and a full tile over a 4-row or 4-key remainder would cost as much as a
     full block."""
@@ -533,7 +533,7 @@ def _bwd_kernel(
     DOT_PREC: tl.constexpr,
 ):
     """Program pid: dK/dV of key block pid (loop over queries), then dQ of query block pid. The
-    TAIL_* tiles (`_bwd_tails`) serve the ragged last block of each of the four loops/blocks."""
+    TAIL_* tiles (`_tails`) serve the ragged last block of each of the four loops/blocks."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     direction = tl.program_id(2)
@@ -744,26 +744,22 @@ def tails_enabled() -> bool:
     return os.environ.get("SSNBENCH_XATTN_TAILS", "1") != "0"
 
 
-def _fwd_tails(cfg: dict[str, Any], lc: int, ld: int, lkc: int, lkd: int) -> dict[str, int]:
-    """TAIL_M / TAIL_N of `_fwd_kernel` for a config's BLOCK_M / BLOCK_N at these token counts."""
-    if not tails_enabled():
-        return {"TAIL_M": cfg["BLOCK_M"], "TAIL_N": cfg["BLOCK_N"]}
-    return {"TAIL_M": _tail(cfg["BLOCK_M"], lc, ld), "TAIL_N": _tail(cfg["BLOCK_N"], lkc, lkd)}
+def _tails(cfg: dict[str, Any], lc: int, ld: int, lkc: int, lkd: int) -> dict[str, int]:
+    """TAIL_* for every BLOCK_M* / BLOCK_N* tile of a config (forward or backward): M tiles run over
+    the queries (lc, ld), N tiles over the keys (lkc, lkd)."""
+    on = tails_enabled()
+    out = {}
+    for name, block in cfg.items():
+        if name.startswith(("BLOCK_M", "BLOCK_N")):
+            lengths = (lc, ld) if name[6] == "M" else (lkc, lkd)
+            out[name.replace("BLOCK_", "TAIL_")] = _tail(block, *lengths) if on else block
+    return out
 
 
-def _bwd_tails(cfg: dict[str, Any], lc: int, ld: int, lkc: int, lkd: int) -> dict[str, int]:
-    """TAIL_M1/N1/M2/N2 of `_bwd_kernel`: M tiles run over queries, N tiles over keys."""
-    if not tails_enabled():
-        return {"TAIL_M1": cfg["BLOCK_M1"], "TAIL_N1": cfg["BLOCK_N1"],
-                "TAIL_M2": cfg["BLOCK_M2"], "TAIL_N2": cfg["BLOCK_N2"]}
-    return {"TAIL_M1": _tail(cfg["BLOCK_M1"], lc, ld), "TAIL_N1": _tail(cfg["BLOCK_N1"], lkc, lkd),
-            "TAIL_M2": _tail(cfg["BLOCK_M2"], lc, ld), "TAIL_N2": _tail(cfg["BLOCK_N2"], lkc, lkd)}
-
-
-def _tail_heuristics(derive: Any, blocks: tuple[str, ...]) -> dict[str, Any]:
+def _tail_heuristics(blocks: tuple[str, ...]) -> dict[str, Any]:
     """triton.heuristics values: each TAIL_* from the candidate's tiles and the launch's token counts."""
     def one(name: str) -> Any:
-        return lambda a: derive({b: a[b] for b in blocks}, a["Lc"], a["Ld"], a["Lkc"], a["Lkd"])[name]
+        return lambda a: _tails({b: a[b] for b in blocks}, a["Lc"], a["Ld"], a["Lkc"], a["Lkd"])[name]
 
     return {b.replace("BLOCK_", "TAIL_"): one(b.replace("BLOCK_", "TAIL_")) for b in blocks}
 
@@ -861,11 +857,9 @@ def _tuned(name: str) -> Any:
         # the atomic kernel accumulates dQ: zero the accumulators before every timed run
         reset = ["DQAc", "DQAd"] if name == "bwd_atomic" else None
         if name == "fwd":  # tails follow from each candidate's tiles and the token counts
-            fn = triton.heuristics(_tail_heuristics(_fwd_tails, ("BLOCK_M", "BLOCK_N")))(fn)
+            fn = triton.heuristics(_tail_heuristics(("BLOCK_M", "BLOCK_N")))(fn)
         elif name == "bwd":
-            fn = triton.heuristics(
-                _tail_heuristics(_bwd_tails, ("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2"))
-            )(fn)
+            fn = triton.heuristics(_tail_heuristics(("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")))(fn)
         _AUTOTUNED[name] = triton.autotune(
             configs=configs, key=_KEYS, prune_configs_by=prune_by, reset_to_zero=reset
         )(fn)
@@ -1134,7 +1128,7 @@ def forward(
         (*strides, H, Lc, Lkc, Ld, Lkd, scale * LOG2E),
         _meta(D, dt), (Lc, Lkc, Ld, Lkd, D, dt, tails_enabled()),
         partial(_fixed_fwd, lq, max(Lkc, Lkd), D, dt), int_spec(strides, H),
-        partial(_fwd_tails, lc=Lc, ld=Ld, lkc=Lkc, lkd=Lkd),
+        partial(_tails, lc=Lc, ld=Ld, lkc=Lkc, lkd=Lkd),
     )
     return o_c, o_d, lse_c, lse_d
 
@@ -1252,7 +1246,7 @@ def backward(
                 "bwd", _bwd_kernel, grid,
                 (q_c, k_c, v_c, q_d, k_d, v_d, do_c, do_d, lse_c, lse_d, delta_c, delta_d, *grads), common,
                 meta, key, partial(_fixed_bwd, lq, lk, D), spec,
-                partial(_bwd_tails, lc=Lc, ld=Ld, lkc=Lkc, lkd=Lkd),
+                partial(_tails, lc=Lc, ld=Ld, lkc=Lkc, lkd=Lkd),
             )
             return
         LAUNCHES["bwd_atomic"] += 1
@@ -1328,7 +1322,7 @@ def _precompile_jobs(dims: tuple[int, ...], lengths: tuple[int, ...] = STAGE_TOK
                     continue
                 seen = set()
                 for n in lengths:
-                    tails = tuple(_fwd_tails(cfg.kwargs, n, n, n, n).values())
+                    tails = tuple(_tails(cfg.kwargs, n, n, n, n).values())
                     if tails not in seen:
                         seen.add(tails)
                         jobs.append((d, name, i, n))

@@ -77,15 +77,15 @@ def _jobs(dims: list[int], lengths: list[int], arch: int, indices: set[int] | No
     from ssnbench.kernels import shared_xattn as sx
 
     jobs = []
-    kinds = (("fwd", sx._FWD_CONFIGS, sx._fwd_tails), ("bwd", sx._BWD_CONFIGS, sx._bwd_tails))
-    for kernel, configs, derive in kinds:
+    kinds = (("fwd", sx._FWD_CONFIGS), ("bwd", sx._BWD_CONFIGS))
+    for kernel, configs in kinds:
         for i, cfg in enumerate(configs):
             if indices is not None and i not in indices:
                 continue
             blocks = {k: v for k, v in cfg.kwargs.items() if k.startswith("BLOCK_")}
             variants = {tuple(sorted((k.replace("BLOCK_", "TAIL_"), v) for k, v in blocks.items()))}
             for n in lengths:
-                variants.add(tuple(sorted(derive(cfg.kwargs, n, n, n, n).items())))
+                variants.add(tuple(sorted(sx._tails(cfg.kwargs, n, n, n, n).items())))
             for d in dims:
                 jobs += [(kernel, i, d, tails, arch) for tails in sorted(variants)]
     return jobs

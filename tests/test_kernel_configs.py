@@ -137,18 +137,18 @@ TAIL_CASES = [  # (Lc, Ld, Lkc, Lkd): M and N tails, N tail only with no full ke
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_forward_tails_match_float64(lengths, dtype, poison, monkeypatch: pytest.MonkeyPatch) -> None:
     """32x32 tiles with narrower tails: every row written (NaN-poisoned outputs), values and LSE
-    right, and the launch really got the tails `_fwd_tails` derives."""
+    right, and the launch really got the tails `_tails` derives."""
     sx = _sx()
     Lc, Ld, Lkc, Lkd = lengths
     seen: list[dict] = []
-    real_tails = sx._fwd_tails
+    real_tails = sx._tails
 
     def spy(cfg, **kw):
         out = real_tails(cfg, **kw)
         seen.append(out)
         return out
 
-    monkeypatch.setattr(sx, "_fwd_tails", spy)
+    monkeypatch.setattr(sx, "_tails", spy)
     monkeypatch.setattr(sx, "_fixed_fwd", _Fixed({"BLOCK_M": 32, "BLOCK_N": 32}))
     monkeypatch.setattr(sx, "_DIRECT", {})
     g = torch.Generator().manual_seed(sum(lengths))
@@ -173,18 +173,18 @@ BWD_TAIL_CASES = [(70, 40, 70, 40), (33, 50, 13, 97), (80, 64, 64, 100)]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_backward_tails_match_float64(lengths, dtype, poison, monkeypatch: pytest.MonkeyPatch) -> None:
     """The general backward with 32-row tiles and narrower tails on all four loops/blocks: every
-    gradient element written (NaN-poisoned) and right, and the launch got `_bwd_tails`' tiles."""
+    gradient element written (NaN-poisoned) and right, and the launch got `_tails`' tiles."""
     sx = _sx()
     Lc, Ld, Lkc, Lkd = lengths
     seen: list[dict] = []
-    real_tails = sx._bwd_tails
+    real_tails = sx._tails
 
     def spy(cfg, **kw):
         out = real_tails(cfg, **kw)
         seen.append(out)
         return out
 
-    monkeypatch.setattr(sx, "_bwd_tails", spy)
+    monkeypatch.setattr(sx, "_tails", spy)
     tiles = {"BLOCK_M1": 32, "BLOCK_N1": 32, "BLOCK_M2": 32, "BLOCK_N2": 32}
     monkeypatch.setattr(sx, "_fixed_bwd", _Fixed(tiles))
     monkeypatch.setattr(sx, "_DIRECT", {})
@@ -205,5 +205,5 @@ def test_backward_tails_match_float64(lengths, dtype, poison, monkeypatch: pytes
         torch.testing.assert_close(got.double(), w, atol=tol, rtol=tol, msg=lambda m, n=name: f"{n}: {m}")
     tails = {"TAIL_M1": sx._tail(32, Lc, Ld), "TAIL_N1": sx._tail(32, Lkc, Lkd),
              "TAIL_M2": sx._tail(32, Lc, Ld), "TAIL_N2": sx._tail(32, Lkc, Lkd)}
-    assert seen == [tails]
+    assert [t for t in seen if "TAIL_M1" in t] == [tails]
     assert any(v < 32 for v in tails.values())

@@ -333,13 +333,13 @@ def test_precompile_worker_warms_each_candidate_once(monkeypatch):
         cfg = sx._candidates()[name][i]
         assert all(call[2][k] == v for k, v in cfg.kwargs.items())
         if name == "fwd":  # compiled with the tails of its token count
-            assert {k: call[2][k] for k in ("TAIL_M", "TAIL_N")} == sx._fwd_tails(cfg.kwargs, *[tokens] * 4)
+            assert {k: call[2][k] for k in ("TAIL_M", "TAIL_N")} == sx._tails(cfg.kwargs, *[tokens] * 4)
     # every (forward candidate, tails) that a stage token count needs is among the jobs
-    fwd_jobs = {(i, tuple(sx._fwd_tails(sx._FWD_CONFIGS[i].kwargs, *[t] * 4).values()))
+    fwd_jobs = {(i, tuple(sx._tails(sx._FWD_CONFIGS[i].kwargs, *[t] * 4).values()))
                 for _, name, i, t in jobs if name == "fwd"}
     for i, cfg in enumerate(sx._FWD_CONFIGS):
         for n in sx.STAGE_TOKENS:
-            assert (i, tuple(sx._fwd_tails(cfg.kwargs, n, n, n, n).values())) in fwd_jobs
+            assert (i, tuple(sx._tails(cfg.kwargs, n, n, n, n).values())) in fwd_jobs
 
 
 def test_tiny_ssn_training_triton_matches_reference():
