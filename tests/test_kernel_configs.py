@@ -128,6 +128,21 @@ def test_tail_tile(block: int, lengths: tuple[int, ...], tail: int) -> None:
     assert _sx()._tail(block, *lengths) == tail
 
 
+def _record_tails(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Wraps `_tails`; returns the list every derived tail dict is appended to."""
+    sx = _sx()
+    seen: list[dict] = []
+    real_tails = sx._tails
+
+    def spy(cfg, **kw):
+        out = real_tails(cfg, **kw)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(sx, "_tails", spy)
+    return seen
+
+
 TAIL_CASES = [  # (Lc, Ld, Lkc, Lkd): M and N tails, N tail only with no full key block, L_c != L_d
     (70, 40, 70, 40), (33, 33, 13, 9), (96, 64, 64, 96), (50, 21, 21, 50),
 ]
@@ -140,15 +155,7 @@ def test_forward_tails_match_float64(lengths, dtype, poison, monkeypatch: pytest
     right, and the launch really got the tails `_tails` derives."""
     sx = _sx()
     Lc, Ld, Lkc, Lkd = lengths
-    seen: list[dict] = []
-    real_tails = sx._tails
-
-    def spy(cfg, **kw):
-        out = real_tails(cfg, **kw)
-        seen.append(out)
-        return out
-
-    monkeypatch.setattr(sx, "_tails", spy)
+    seen = _record_tails(monkeypatch)
     monkeypatch.setattr(sx, "_fixed_fwd", _Fixed({"BLOCK_M": 32, "BLOCK_N": 32}))
     monkeypatch.setattr(sx, "_DIRECT", {})
     g = torch.Generator().manual_seed(sum(lengths))
@@ -176,15 +183,7 @@ def test_backward_tails_match_float64(lengths, dtype, poison, monkeypatch: pytes
     gradient element written (NaN-poisoned) and right, and the launch got `_tails`' tiles."""
     sx = _sx()
     Lc, Ld, Lkc, Lkd = lengths
-    seen: list[dict] = []
-    real_tails = sx._tails
-
-    def spy(cfg, **kw):
-        out = real_tails(cfg, **kw)
-        seen.append(out)
-        return out
-
-    monkeypatch.setattr(sx, "_tails", spy)
+    seen = _record_tails(monkeypatch)
     tiles = {"BLOCK_M1": 32, "BLOCK_N1": 32, "BLOCK_M2": 32, "BLOCK_N2": 32}
     monkeypatch.setattr(sx, "_fixed_bwd", _Fixed(tiles))
     monkeypatch.setattr(sx, "_DIRECT", {})

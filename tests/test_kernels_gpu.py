@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from ssnbench.kernels import reference, shared_cross_attention
+from ssnbench.kernels import reference, shared_cross_attention, shared_xattn
 
 pytestmark = [
     pytest.mark.gpu,
@@ -98,7 +98,6 @@ def _candidate_ids(configs) -> list[str]:
 def _check_candidate(kind: str, cfg, poison, monkeypatch) -> None:
     """One autotune candidate (forced as the fixed config) at ragged token counts, so its tail tiles
     run in both directions, against float64; outputs and gradients NaN-poisoned before the call."""
-    from ssnbench.kernels import shared_xattn
 
     tiles = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     monkeypatch.setenv("SSNBENCH_XATTN_AUTOTUNE", "0")
@@ -121,24 +120,16 @@ def _check_candidate(kind: str, cfg, poison, monkeypatch) -> None:
         assert err <= allowed, f"{name}: max error {err:.3e} > allowed {allowed:.3e}"
 
 
-def _fwd_candidates():
-    from ssnbench.kernels import shared_xattn
-
-    return shared_xattn._FWD_CONFIGS
+FWD_CANDIDATES = shared_xattn._FWD_CONFIGS
+BWD_CANDIDATES = shared_xattn._BWD_CONFIGS
 
 
-def _bwd_candidates():
-    from ssnbench.kernels import shared_xattn
-
-    return shared_xattn._BWD_CONFIGS
-
-
-@pytest.mark.parametrize("cfg", _fwd_candidates(), ids=_candidate_ids(_fwd_candidates()))
+@pytest.mark.parametrize("cfg", FWD_CANDIDATES, ids=_candidate_ids(FWD_CANDIDATES))
 def test_every_forward_candidate_bf16(cfg, poison, monkeypatch):
     _check_candidate("fwd", cfg, poison, monkeypatch)
 
 
-@pytest.mark.parametrize("cfg", _bwd_candidates(), ids=_candidate_ids(_bwd_candidates()))
+@pytest.mark.parametrize("cfg", BWD_CANDIDATES, ids=_candidate_ids(BWD_CANDIDATES))
 def test_every_backward_candidate_bf16(cfg, poison, monkeypatch):
     _check_candidate("bwd", cfg, poison, monkeypatch)
 
