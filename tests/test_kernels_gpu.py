@@ -98,7 +98,6 @@ def _candidate_ids(configs) -> list[str]:
 def _check_candidate(kind: str, cfg, poison, monkeypatch) -> None:
     """One autotune candidate (forced as the fixed config) at ragged token counts, so its tail tiles
     run in both directions, against float64; outputs and gradients NaN-poisoned before the call."""
-
     tiles = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     monkeypatch.setenv("SSNBENCH_XATTN_AUTOTUNE", "0")
     monkeypatch.setenv("SSNBENCH_XATTN_BWD_PATH", "general")
