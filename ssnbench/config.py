@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ssnbench.errors import ConfigError, UserError
+from ssnbench.preflight import bound_problem
 
 DATA_HINT = (
     "get the Derm7pt release_v0 from https://derm.cs.sfu.ca (free registration), unpack it and "
@@ -162,11 +163,15 @@ def _typename(value: Any) -> str:
     }.get(type(value), type(value).__name__) + f" ({value!r})"[:60]
 
 
-def _int(ctx: _Ctx, path: str, value: Any, minimum: int | None = None) -> int:
+def _int(ctx: _Ctx, path: str, value: Any, minimum: int | None = None, bounded: bool = False) -> int:
+    """`bounded`: also check `preflight.BOUNDS[path]` (sizes that would exhaust memory or time)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ctx.fail(path, f"expected an integer, got {_typename(value)}")
     if minimum is not None and value < minimum:
         raise ctx.fail(path, f"expected an integer >= {minimum}, got {value}")
+    problem = bound_problem(path, value) if bounded else None
+    if problem:
+        raise ctx.fail(path, problem)
     return value
 
 
@@ -295,7 +300,11 @@ def _dataset(ctx: _Ctx, raw: Any, base_dir: Path, check_data: bool) -> DatasetSp
     for key in ("image_size", "border_crop", "cases", "seed", "source_size"):
         if key in raw:
             kw[key] = _int(
-                ctx, _join(path, key), raw[key], minimum=0 if key in ("border_crop", "seed") else 1
+                ctx,
+                _join(path, key),
+                raw[key],
+                minimum=0 if key in ("border_crop", "seed") else 1,
+                bounded=key in ("image_size", "cases", "source_size"),
             )
     for key in ("drop_no_clinic", "augment"):
         if key in raw:
@@ -344,9 +353,9 @@ def _train(ctx: _Ctx, raw: Any) -> TrainSpec:
     for key, value in raw.items():
         p = _join("train", key)
         if key in ("epochs", "batch_size"):
-            kw[key] = _int(ctx, p, value, minimum=1)
+            kw[key] = _int(ctx, p, value, minimum=1, bounded=True)
         elif key in ("eval_batch_size", "threads"):
-            kw[key] = None if value is None else _int(ctx, p, value, minimum=1)
+            kw[key] = None if value is None else _int(ctx, p, value, minimum=1, bounded=key != "threads")
         elif key == "num_workers":
             kw[key] = None if value is None else _int(ctx, p, value, minimum=0)
         elif key == "lr":
@@ -375,7 +384,7 @@ def _profile(ctx: _Ctx, raw: Any) -> ProfileSpec:
         kw[key] = (
             _bool(ctx, p, value)
             if key == "enabled"
-            else _int(ctx, p, value, minimum=0 if key == "warmup" else 1)
+            else _int(ctx, p, value, minimum=0 if key == "warmup" else 1, bounded=True)
         )
     return ProfileSpec(**kw)
 
@@ -434,11 +443,13 @@ def _with_image_size(spec: ModelSpec, image_size: int) -> ModelSpec:
     return replace(spec, options={**spec.options, "image_size": image_size})
 
 
-def _check_model(ctx: _Ctx, index: int, spec: ModelSpec) -> None:
+def _check_model(ctx: _Ctx, index: int, spec: ModelSpec, image_size_written: bool = True) -> None:
     """Ask the registry whether it can build this model; its ConfigError gets our file and key path.
 
     Built on the meta device when possible so that validating a 14-model suite costs no memory and
     little time; a model that cannot be built there is built for real (small at validation time).
+    An `image_size` the user did not write (passed on from `dataset.image_size`) is reported under
+    `dataset.image_size`, the key they did write.
     """
     import torch  # noqa: PLC0415 (keep `--help` fast)
 
@@ -460,9 +471,11 @@ def _check_model(ctx: _Ctx, index: int, spec: ModelSpec) -> None:
         except Exception:  # noqa: BLE001 - some modules refuse meta tensors; validate for real
             build_model(spec.arch, **spec.options)
     except UserError as err:
-        raise ctx.fail(
-            _option_path(path, str(err), spec.options), _strip_prefix(str(err), spec.options)
-        ) from None
+        key = _option_path(path, str(err), spec.options)
+        message = _strip_prefix(str(err), spec.options)
+        if not image_size_written and key.endswith(".options.image_size"):
+            key, message = "dataset.image_size", f"{message} (model {spec.name!r}, {path})"
+        raise ctx.fail(key, message) from None
     except TypeError as err:  # an unexpected keyword argument
         raise ctx.fail(_join(path, "options"), str(err)) from None
 
@@ -493,12 +506,75 @@ def load(path: str | os.PathLike, check_models: bool = True, check_data: bool = 
     """Read and validate a suite file. `check_models` builds each model once (registry validation);
     `check_data` requires a derm7pt root to exist (the runner validates its contents)."""
     file = str(path)
-    ctx = _Ctx(file)
     p = Path(path)
-    if not p.is_file():
+    raw = read_yaml(p)
+    try:
+        return _load(p, raw, check_models, check_data)
+    except RecursionError:
+        raise ConfigError(f"{file}: a YAML alias refers to the mapping or list it is in") from None
+
+
+MAX_SUITE_BYTES = 1 << 20
+"""A suite file is a page of YAML; a bigger file is something else passed by mistake."""
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, again: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.first, self.again = key, first, again
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one,
+    silently); merge keys (`<<: *defaults`) may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(p: Path) -> Any:
+    """Parse a YAML file; every way it can be unreadable is one ConfigError line naming the file
+    (missing, a folder, no permission, too big, not UTF-8 with the line, invalid YAML with the line,
+    a duplicate key with both lines)."""
+    file = str(p)
+    if p.is_dir():
+        raise ConfigError(f"{file}: is a folder, expected a suite YAML file")
+    if not p.exists():
         raise ConfigError(f"{file}: no such suite file")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        size = p.stat().st_size
+        if size > MAX_SUITE_BYTES:
+            raise ConfigError(
+                f"{file}: {size} bytes; a suite file is at most {MAX_SUITE_BYTES} bytes of YAML (wrong file?)"
+            )
+        data = p.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{file}: cannot read suite file ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ConfigError(
+            f"{file}: line {line}: not UTF-8 text (byte 0x{data[err.start]:02X} at column {column}); "
+            "save the suite file as UTF-8"
+        ) from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as err:
+        raise ConfigError(
+            f"{file}: line {err.again}: duplicate key {err.key!r} (first given at line {err.first}); "
+            "give each key once"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -506,6 +582,12 @@ def load(path: str | os.PathLike, check_models: bool = True, check_data: bool = 
         raise ConfigError(f"{file}: {where}invalid YAML: {problem}") from None
     if raw is None:
         raise ConfigError(f"{file}: empty suite file")
+    return raw
+
+
+def _load(p: Path, raw: Any, check_models: bool, check_data: bool) -> Suite:
+    file = str(p)
+    ctx = _Ctx(file)
     _mapping(ctx, "", raw, _TOP_KEYS, required=("dataset", "models"))
     raw = _interpolate(ctx, "", raw, lenient_data=not check_data)
 
@@ -547,10 +629,11 @@ def load(path: str | os.PathLike, check_models: bool = True, check_data: bool = 
     else:
         reference = next((m.name for m in models if m.arch == "ssn"), None)
 
+    written = [("image_size" in m.options) for m in models]
     models = tuple(_with_image_size(m, dataset.image_size) for m in models)
     if check_models:
         for i, m in enumerate(models):
-            _check_model(ctx, i, m)
+            _check_model(ctx, i, m, image_size_written=written[i])
 
     return Suite(
         name=name,

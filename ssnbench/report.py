@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import shlex
 import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -319,10 +320,11 @@ def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
         w(SYNTHETIC_BANNER + "\n\n")
     if summary.get("description"):
         w(summary["description"] + "\n\n")
+    rebuild = shlex.quote(str(summary.get("results_dir") or f"results/{summary.get('suite')}"))
     w(
         f"Suite file `{summary.get('suite_file')}`; generated {summary['generated_at']} from "
-        f"{len(summary['runs'])} result files by `ssnbench report` (rebuild: `ssnbench report results/"
-        f"{summary.get('suite')}`).\n\n"
+        f"{len(summary['runs'])} result files by `ssnbench report` (rebuild: `ssnbench report "
+        f"{rebuild}`).\n\n"
     )
 
     w("## Setup\n\n")
@@ -694,11 +696,16 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write_report(records: list[dict], report_dir: str | os.PathLike) -> Path:
-    """Write report.md, results.json, results.csv and figures/ into `report_dir`; returns report.md."""
+def write_report(
+    records: list[dict], report_dir: str | os.PathLike, results_dir: str | os.PathLike | None = None
+) -> Path:
+    """Write report.md, results.json, results.csv and figures/ into `report_dir`; returns report.md.
+    `results_dir` (where the records were read) is named in the report's rebuild command."""
     folder = Path(report_dir)
     folder.mkdir(parents=True, exist_ok=True)
     summary = summarize(records)
+    if results_dir is not None:
+        summary["results_dir"] = str(results_dir)
     figures = _figures(summary, records, folder / "figures")
     _write_text(folder / "results.json", json.dumps(json_safe(summary), indent=1, default=str) + "\n")
     _write_text(folder / "results.csv", _csv(summary["runs"]))
@@ -711,6 +718,6 @@ def cli_report(args: Any) -> int:
     records = load_results(args.results_dir)
     suite = next((r.get("suite") for r in records if r.get("suite")), Path(args.results_dir).name)
     report_dir = Path(args.report_dir) if getattr(args, "report_dir", None) else Path("reports") / str(suite)
-    path = write_report(records, report_dir)
+    path = write_report(records, report_dir, args.results_dir)
     print(f"report: {path}")
     return 0

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -191,12 +190,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("SSNBENCH_CACHE", ".ssnbench-cache"))
 
 
-def synthetic_root(spec: DatasetSpec, cache: Path | None = None) -> Path:
-    """Generate the synthetic release on first use; reuse it afterwards.
+def synthetic_root_path(spec: DatasetSpec, cache: Path | None = None) -> Path:
+    """Where `synthetic_root` keeps the release of `spec` (generated or not yet).
 
-    Generated into a temp folder and renamed into place, so an interrupted generation is never
-    mistaken for a finished one. The cache key includes the generator's source, so a changed
-    generator produces a new dataset instead of silently reusing the old one.
+    The key includes the generator's source, so a changed generator produces a new dataset instead
+    of silently reusing the old one.
     """
     from ssnbench.data import synthetic  # noqa: PLC0415
 
@@ -204,21 +202,36 @@ def synthetic_root(spec: DatasetSpec, cache: Path | None = None) -> Path:
     source = Path(synthetic.__file__).read_bytes()
     key = json.dumps({"cases": spec.cases, "seed": spec.seed, "size": spec.source_size}, sort_keys=True)
     digest = hashlib.sha256(key.encode() + source).hexdigest()[:12]
-    final = cache / f"synthetic-{spec.cases}c-s{spec.seed}-{spec.source_size}px-{digest}"
+    return cache / f"synthetic-{spec.cases}c-s{spec.seed}-{spec.source_size}px-{digest}"
+
+
+def synthetic_root(spec: DatasetSpec, cache: Path | None = None, progress: Progress | None = None) -> Path:
+    """Generate the synthetic release on first use; reuse it afterwards.
+
+    Generated into a held temp folder and renamed into place, so an interrupted generation is never
+    mistaken for a finished one; the temp folders of a killed generation are removed here, by the
+    next run (synthetic.clean_stale_dirs).
+    """
+    from ssnbench.data import synthetic  # noqa: PLC0415
+
+    cache = cache or cache_root()
+    final = synthetic_root_path(spec, cache)
+    removed = synthetic.clean_stale_dirs(cache)
+    if removed and progress:
+        progress.log(
+            f"removed {len(removed)} temp folder(s) left by an interrupted data generation: "
+            + ", ".join(str(p) for p in removed)
+        )
     if (final / "release_v0" / "meta" / "meta.csv").is_file():
         return final / "release_v0"
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache))
-    try:
+    with synthetic.working_dir(cache, f".{final.name}.") as tmp:
         synthetic.generate(tmp, cases=spec.cases, seed=spec.seed, image_size=spec.source_size)
+        synthetic.release_working_dir(tmp)
         try:
             os.replace(tmp, final)
         except OSError:
             if not (final / "release_v0" / "meta" / "meta.csv").is_file():  # not a concurrent winner
                 raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final / "release_v0"
 
 
@@ -248,7 +261,7 @@ def open_data(spec: DatasetSpec, progress: Progress | None = None, cache: Path |
 
     if spec.kind == "synthetic":
         t0 = time.perf_counter()
-        root = synthetic_root(spec, cache)
+        root = synthetic_root(spec, cache, progress)
         if progress:
             progress.log(f"synthetic data: {root} ({time.perf_counter() - t0:.1f}s)")
     else:
@@ -475,8 +488,15 @@ def run_suite(
     device: torch.device,
     force: bool = False,
     progress: Progress | None = None,
+    *,
+    preflight: bool = True,
+    labels: tuple[str, str] = ("--out", "--report-dir"),
 ) -> int:
-    """Run every unfinished job, then write the report. Returns 0, or 1 when some job failed."""
+    """Run every unfinished job, then write the report. Returns 0, or 1 when some job failed.
+
+    The pre-flight (preflight.py) runs first: a failed check raises one UserError line before
+    anything is written. `labels` name the results and report folders in its messages.
+    """
     progress = progress or Progress()
     jobs = plan(suite)
     todo: list[Job] = []
@@ -491,6 +511,21 @@ def run_suite(
             progress.log(f"{job.id}: suite entry changed since its result was written; re-running")
             todo.append(job)
 
+    if preflight:
+        from ssnbench.preflight import Flight, run_preflight  # noqa: PLC0415
+
+        run_preflight(
+            Flight(
+                suite,
+                out,
+                report_dir,
+                cache_root(),
+                device.type,
+                todo,
+                out_label=labels[0],
+                report_label=labels[1],
+            )
+        )
     threads_before = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(suite.train.threads or max(1, min(8, os.cpu_count() or 1)))
@@ -558,7 +593,7 @@ def _run(
         if report_dir is not None:
             from ssnbench.report import write_report  # noqa: PLC0415
 
-            path = write_report(records, report_dir)
+            path = write_report(records, report_dir, out)
             progress.log(f"report: {path}")
         if failed:
             progress.log(f"{len(failed)} of {len(jobs)} jobs failed: " + ", ".join(r["job"] for r in failed))
@@ -569,10 +604,14 @@ def cli_run(args: Any) -> int:
     suite = config_mod.load(args.suite)
     out = Path(args.out) if args.out else Path("results") / suite.name
     report_dir = Path(args.report_dir) if getattr(args, "report_dir", None) else Path("reports") / suite.name
+    labels = (
+        "--out" if args.out else "results folder",
+        "--report-dir" if getattr(args, "report_dir", None) else "report folder",
+    )
     device = pick_device(args.device)
     t0 = time.perf_counter()
     progress = make_progress()
-    code = run_suite(suite, out, report_dir, device, force=args.force, progress=progress)
+    code = run_suite(suite, out, report_dir, device, force=args.force, progress=progress, labels=labels)
     progress.log(f"suite {suite.name} finished in {time.perf_counter() - t0:.0f}s; results in {out}")
     sys.stdout.flush()
     return code

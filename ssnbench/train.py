@@ -25,7 +25,8 @@ from ssnbench.config import TrainSpec
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite (too high a learning rate, usually)."""
+    """Training diverged: the loss, the gradients or the model's outputs stopped being finite (too
+    high a learning rate, usually). The message says "loss diverged at epoch E, step S"."""
 
 
 @dataclass
@@ -158,6 +159,20 @@ def predict(
     )
 
 
+def _grad_norm(model: nn.Module) -> torch.Tensor:
+    """Global L2 norm of the gradients (what clip_grad_norm_ would compute), without clipping."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+
+
+def _check_outputs(pred: Predictions, where: str) -> None:
+    """Non-finite probabilities (weights gone NaN) are a divergence, not a metrics error."""
+    if not all(np.isfinite(p).all() for p in pred.probs):
+        raise NonFiniteLossError(
+            f"loss diverged at {where}: the model's outputs are not finite; lower train.lr"
+        )
+
+
 def fit(
     model: nn.Module,
     datasets: dict[str, Dataset],
@@ -170,7 +185,8 @@ def fit(
 ) -> FitResult:
     """Train on `train`, select on `valid` (average accuracy), evaluate `test` once.
 
-    Raises NonFiniteLossError when the loss stops being finite; the runner records it.
+    Raises NonFiniteLossError when the loss, the gradients or the outputs stop being finite; the
+    runner records it.
     """
     from ssnbench.metrics import evaluate  # noqa: PLC0415
 
@@ -214,21 +230,31 @@ def fit(
                 with _autocast(device, amp):
                     outputs = model(clinic, derm)
                 loss, _ = loss_fn(outputs, y)  # in fp32 whatever the logits' dtype (one cast per head)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"training loss became {float(loss.detach())} at epoch {epoch}, step {step + 1} "
-                        f"(lr {scheduler.get_last_lr()[0]:.3g}); lower train.lr (or check the inputs for NaN)"
-                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if spec.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+                    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+                else:
+                    grad_norm = _grad_norm(model)
+                # One host sync per step checks both: a NaN loss gives NaN gradients, and an infinite
+                # gradient would turn the weights into NaN at `optimizer.step()`.
+                if not torch.isfinite(loss.detach() + grad_norm):
+                    bad = (
+                        f"loss {float(loss)}"
+                        if not torch.isfinite(loss)
+                        else f"gradient norm {float(grad_norm)}"
+                    )
+                    raise NonFiniteLossError(
+                        f"loss diverged at epoch {epoch}, step {step + 1} ({bad}, lr "
+                        f"{scheduler.get_last_lr()[0]:.3g}); lower train.lr (or check the inputs for NaN)"
+                    )
                 optimizer.step()
                 scheduler.step()
                 loss_sum += loss.detach() * len(y)
                 seen += len(y)
             train_loss = float(loss_sum) / max(1, seen)
             valid = predict(model, valid_loader, loss_fn, inference_weights, device, amp, channels_last)
+            _check_outputs(valid, f"epoch {epoch}, step {steps_per_epoch} (validation)")
             vm = evaluate(valid.probs, valid.labels)
             row = {
                 "epoch": epoch,
@@ -252,6 +278,7 @@ def fit(
         model.load_state_dict(best_state)
         t_test = time.perf_counter()
         test = predict(model, test_loader, loss_fn, inference_weights, device, amp, channels_last)
+        _check_outputs(test, f"epoch {best_epoch} (test, chosen checkpoint)")
         test_metrics = {k: float(v) for k, v in evaluate(test.probs, test.labels).items()}
         test_seconds = time.perf_counter() - t_test
     return FitResult(best_epoch, best_valid, test_metrics, test, history, train_seconds, test_seconds)

@@ -187,6 +187,6 @@ def test_nan_inducing_lr_is_a_recorded_failure(suite_file: Path, tmp_path: Path,
     assert cli.main(["run", str(suite_file), "--out", str(out), "--report-dir", str(rep)]) == 1
     record = read_result(out / "single-derm__seed0.json")
     assert record["status"] == "failed" and record["error"]["type"] == "NonFiniteLossError"
-    assert "training loss became nan" in record["error"]["message"]
+    assert "loss diverged at epoch 1, step 1" in record["error"]["message"]
     text = (rep / "report.md").read_text()
     assert "NonFiniteLossError" in text and "SYNTHETIC" in text

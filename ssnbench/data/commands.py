@@ -13,21 +13,27 @@ from pathlib import Path
 from PIL import Image
 
 from ssnbench.data.derm7pt import LABELS, Release, check_image_files, load_release, summarize
+from ssnbench.data.transforms import check_image_header
 from ssnbench.errors import DatasetError
+from ssnbench.preflight import bound_problem
 
 
-def unreadable_images(release: Release, skip: set[str] = frozenset()) -> list[str]:
-    """Paths (relative to images/) that exist but cannot be fully decoded."""
+def image_problems(release: Release, skip: set[str] = frozenset()) -> list[tuple[str, str]]:
+    """(path relative to images/, one-line reason) of every image `run` would refuse: the same
+    header checks (size bounds) as `run`, then a full decode."""
     paths = sorted({p for c in release.cases for p in (c.clinic, c.derm)} - {release.root / "images" / s
                                                                            for s in skip})
 
-    def bad(path: Path) -> str | None:
+    def bad(path: Path) -> tuple[str, str] | None:
         try:
+            check_image_header(path)
             with Image.open(path) as img:
                 img.draft("RGB", (64, 64))
                 img.load()
-        except Exception:  # any decoder failure means the file is unusable
-            return release.rel(path)
+        except DatasetError as err:
+            return release.rel(path), str(err)
+        except Exception as err:  # noqa: BLE001 - any decoder failure means the file is unusable
+            return release.rel(path), f"{path}: image unreadable ({type(err).__name__}: {err})"
         return None
 
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
@@ -38,6 +44,11 @@ def make(args: argparse.Namespace) -> int:
     """Write a synthetic release and say where and how big."""
     from ssnbench.data.synthetic import generate
 
+    for option, key, value in (("--cases", "dataset.cases", args.cases),
+                               ("--image-size", "dataset.source_size", args.image_size)):
+        problem = bound_problem(key, value)
+        if problem:
+            raise DatasetError(f"{option}: {problem}")
     start = time.perf_counter()
     root = generate(args.out, cases=args.cases, seed=args.seed, image_size=args.image_size)
     release = load_release(root)
@@ -51,17 +62,18 @@ def check(args: argparse.Namespace) -> int:
     """Validate a release, print its summary, and fail (exit 2) if any image is missing or unreadable."""
     release = load_release(args.root, check_images=False)
     missing = check_image_files(release)
-    unreadable = unreadable_images(release, skip=set(missing))
+    problems = image_problems(release, skip=set(missing))
+    unreadable = [rel for rel, _ in problems]
     summary = dict(summarize(release), missing_images=missing, unreadable_images=unreadable)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         _print_table(summary, release)
-    if missing or unreadable:
-        first = missing[0] if missing else unreadable[0]
-        what = "not found" if missing else "unreadable"
-        raise DatasetError(f"{release.root / 'images' / first}: image {what} ({len(missing)} missing, "
-                           f"{len(unreadable)} unreadable image(s) in {release.root})")
+    counts = f"({len(missing)} missing, {len(unreadable)} unreadable image(s) in {release.root})"
+    if missing:
+        raise DatasetError(f"{release.root / 'images' / missing[0]}: image not found {counts}")
+    if problems:
+        raise DatasetError(f"{problems[0][1]} {counts}")
     return 0
 
 

@@ -8,6 +8,7 @@ edited; a silent mismatch would corrupt every benchmark number built on it.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,16 +151,34 @@ def find_root(root: str | Path) -> Path:
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a CSV file. One line names the file (and the line) when it cannot be
+    read, is not UTF-8, or a row has more or fewer columns than the header (csv.DictReader would
+    silently drop the extra values or fill the missing ones)."""
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DatasetError(f"{path}: cannot read CSV ({err})") from None
-    rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in rows]
+        data = path.read_bytes()
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read CSV ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DatasetError(f"{path} line {line}: not UTF-8 text (byte 0x{data[err.start]:02X}); "
+                           "save the file as UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in next(reader, [])]
+        rows = []
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank line
+            if len(row) != len(header):
+                raise DatasetError(f"{path} line {reader.line_num}: {len(row)} columns, the header has "
+                                   f"{len(header)}; expected one value per column")
+            rows.append(dict(zip(header, row, strict=True)))
+    except csv.Error as err:
+        raise DatasetError(f"{path} line {reader.line_num}: cannot read CSV ({err})") from None
     return header, rows
 
 

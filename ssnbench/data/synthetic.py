@@ -13,12 +13,16 @@ Deterministic: labels come from one RNG seeded by `seed`, each case's image from
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -566,6 +570,88 @@ def _write_tree(tmp: Path, plan: list[SyntheticCase], seed: int, image_size: int
             path.write_bytes(_jpeg_bytes(image))
 
 
+# ---------------------------------------------------------------------------------------------
+# Temp folders that a killed process leaves behind are recognised and removed by the next run
+
+
+OWNER_LOCK = ".owner.lock"
+"""Inside a working folder: flock-ed by the writing process for as long as it lives."""
+STALE_AGE = 3600.0
+"""Seconds after which a working folder without an owner lock (older ssnbench) counts as stale."""
+TEMP_PREFIXES = (".release_v0.partial-", ".release_v0.old-", ".synthetic-")
+
+
+@contextlib.contextmanager
+def working_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    """A fresh temp folder in `parent`, held by this process (an exclusive flock on its owner lock)
+    and removed when the block ends, unless it was renamed away. After SIGKILL the folder stays but
+    its lock is free, so `clean_stale_dirs` (called at the start of every generation) removes it."""
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide a shared cache from others
+    fd = os.open(tmp / OWNER_LOCK, os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield tmp
+    finally:
+        os.close(fd)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask can only set)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def release_working_dir(tmp: Path) -> None:
+    """Drop the owner lock file before `tmp` is renamed into place (it is no part of the data)."""
+    with contextlib.suppress(FileNotFoundError):
+        (tmp / OWNER_LOCK).unlink()
+
+
+def _is_stale(folder: Path, now: float) -> bool:
+    lock = folder / OWNER_LOCK
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        with contextlib.suppress(FileNotFoundError):
+            return now - folder.stat().st_mtime > STALE_AGE  # no lock: old ssnbench, or being renamed
+        return False
+    except OSError:
+        return False
+    try:
+        if now - os.fstat(fd).st_mtime < 5:
+            return False  # just created: its owner may not hold the lock yet
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # held: a live process is writing it
+    finally:
+        os.close(fd)
+    return True
+
+
+def clean_stale_dirs(parent: Path, prefixes: tuple[str, ...] = TEMP_PREFIXES) -> list[Path]:
+    """Remove the working folders in `parent` whose owner is gone (killed mid-generation); returns
+    what was removed. Folders of live processes (lock held) are left alone."""
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    now = time.time()
+    for folder in sorted(parent.iterdir()):
+        if folder.name.startswith(prefixes) and folder.is_dir() and _is_stale(folder, now):
+            shutil.rmtree(folder, ignore_errors=True)
+            if not folder.exists():
+                removed.append(folder)
+    return removed
+
+
 def generate(out: str | Path, cases: int = 1011, seed: int = 0, image_size: int = 128) -> Path:
     """Write a synthetic dataset to `out/release_v0/` and return that path.
 
@@ -590,18 +676,15 @@ def generate(out: str | Path, cases: int = 1011, seed: int = 0, image_size: int 
             return target
     plan = plan_cases(cases, seed)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".release_v0.partial-", dir=out))
-    try:
+    clean_stale_dirs(out, (".release_v0.partial-", ".release_v0.old-"))
+    with working_dir(out, ".release_v0.partial-") as tmp:
         _write_tree(tmp, plan, seed, image_size)
         (tmp / "meta" / MARKER).write_text(json.dumps(args, sort_keys=True) + "\n")
+        release_working_dir(tmp)
         if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=".release_v0.old-", dir=out))
-            os.replace(target, trash / "release_v0")
-            os.replace(tmp, target)
-            shutil.rmtree(trash, ignore_errors=True)
+            with working_dir(out, ".release_v0.old-") as trash:
+                os.replace(target, trash / "release_v0")
+                os.replace(tmp, target)
         else:
             os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

@@ -17,12 +17,52 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ssnbench.errors import DatasetError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_image_header(path: Path, border_crop: int = 0) -> tuple[int, int]:
+    """Width and height of an image file from its header (no decoding), within the bounds that
+    `data check` and `run` both apply (preflight.MIN_IMAGE_SIDE, MAX_IMAGE_PIXELS); else ONE
+    DatasetError line naming the file."""
+    try:
+        with Image.open(path) as img:
+            return _check_size(path, img.size, border_crop)
+    except DatasetError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any decoder failure: the file is unusable
+        raise _image_error(path, err) from None
+
+
+def _check_size(path: Path, size: tuple[int, int], border_crop: int) -> tuple[int, int]:
+    from ssnbench.preflight import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE  # noqa: PLC0415
+
+    w, h = size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DatasetError(f"{path}: image is {w}x{h} px ({w * h / 1e6:.0f} Mpx), above the bound of "
+                           f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx per image (see docs/reliability.md)")
+    if min(w, h) < MIN_IMAGE_SIDE:
+        raise DatasetError(f"{path}: image is {w}x{h} px, below the minimum of {MIN_IMAGE_SIDE} px per side")
+    if 2 * border_crop >= min(w, h):
+        raise DatasetError(f"{path}: image is {w}x{h} px, too small for a border crop of "
+                           f"{border_crop} px per side")
+    return w, h
+
+
+def _image_error(path: Path, err: BaseException) -> DatasetError:
+    from ssnbench.preflight import MAX_IMAGE_PIXELS  # noqa: PLC0415
+
+    if not Path(path).is_file():
+        return DatasetError(f"{path}: image not found")
+    if isinstance(err, Image.DecompressionBombError):
+        return DatasetError(f"{path}: image is above the bound of {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx per "
+                            f"image ({err}) (see docs/reliability.md)")
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return DatasetError(f"{path}: image unreadable ({type(err).__name__}: {reason})")
 
 
 def load_image(path: Path, size: int, border_crop: int) -> torch.Tensor:
@@ -33,10 +73,7 @@ def load_image(path: Path, size: int, border_crop: int) -> torch.Tensor:
     """
     try:
         with Image.open(path) as img:
-            w, h = img.size
-            if 2 * border_crop >= min(w, h):
-                raise DatasetError(f"{path}: image is {w}x{h} px, too small for a border crop of "
-                                   f"{border_crop} px per side")
+            w, h = _check_size(path, img.size, border_crop)
             inner_w, inner_h = w - 2 * border_crop, h - 2 * border_crop
             img.draft("RGB", (max(1, size * w // inner_w), max(1, size * h // inner_h)))
             img = img.convert("RGB")
@@ -45,10 +82,10 @@ def load_image(path: Path, size: int, border_crop: int) -> torch.Tensor:
             box = (c, c, img.size[0] - c, img.size[1] - c)
             img = img.crop(box).resize((size, size), Image.BILINEAR)  # crop first: no border bleed
             array = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        if not Path(path).is_file():
-            raise DatasetError(f"{path}: image not found") from None
-        raise DatasetError(f"{path}: image unreadable ({type(err).__name__}: {err})") from None
+    except DatasetError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any decoder failure (incl. PIL's bomb check): one line
+        raise _image_error(path, err) from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
