@@ -1,14 +1,15 @@
 """The `ssnbench::shared_cross_attention` custom op: autograd, fake (meta) impl and dispatch.
 
 Dispatch (decided per call from the tensors' device):
-- CUDA tensors                       -> Triton kernels (kernels/shared_xattn.py)
-- CPU tensors, TRITON_INTERPRET=1    -> the same Triton kernels in the interpreter (tests, CI)
+- CUDA tensors                       -> Triton kernels (kernels/shared_xattn.py launches them)
+- CPU tensors, knob `interpret`      -> the same Triton kernels in the interpreter (tests, CI)
+  (TRITON_INTERPRET=1, read by knobs.py)
 - CPU tensors otherwise              -> the PyTorch reference (kernels/reference.py)
 - float64 tensors (any device)       -> the PyTorch reference (the kernels cover fp16/bf16/fp32)
 
 Plain eager calls go through an equivalent torch.autograd.Function (`_EagerFused`, same kernels)
 to skip the custom-op Python dispatch overhead; torch.compile, jit tracing, dispatch modes and tensor
-subclasses use the registered op (SSNBENCH_XATTN_CUSTOM_OP=1 forces it everywhere).
+subclasses use the registered op (knob `custom_op`, SSNBENCH_XATTN_CUSTOM_OP=1, forces it everywhere).
 
 The op returns four tensors (o_c, o_d, lse_c, lse_d): the log-sum-exp rows are saved for the
 backward (a second op, `ssnbench::shared_cross_attention_backward`), which recomputes the
@@ -17,33 +18,28 @@ probabilities from them. The public `shared_cross_attention` returns only (o_c, 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from . import reference
+from . import knobs, reference
 
 __all__ = ["backend_for", "shared_cross_attention"]
-
-
-def _interpret_requested() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def backend_for(t: Tensor) -> str:
-    """'triton' on CUDA, 'interpret' on CPU when TRITON_INTERPRET=1, else 'reference'.
+    """'triton' on CUDA, 'interpret' on CPU when knob `interpret` is on, else 'reference'.
     float64 (the test oracle's dtype) always takes the reference: the kernels cover fp16/bf16/fp32."""
     if t.dtype not in _KERNEL_DTYPES:
         return "reference"
     if t.is_cuda:
         return "triton"
-    if t.device.type == "cpu" and _interpret_requested():
+    if t.device.type == "cpu" and knobs.current().interpret:
         return "interpret"
     return "reference"
 
@@ -214,7 +210,7 @@ def _use_registered_op(t: Tensor) -> bool:
         return True
     if type(t) not in _PLAIN_TENSORS or t.is_meta:
         return True  # FakeTensor, FunctionalTensor, DTensor, ...
-    if os.environ.get("SSNBENCH_XATTN_CUSTOM_OP", "0") == "1":
+    if knobs.current().custom_op:
         return True
     return _get_current_dispatch_mode() is not None
 

@@ -10,6 +10,7 @@ interpreter (the CPU tests) runs Python semantics and proves neither.
 
 Each (kernel, candidate, head dim) is compiled with the tails of every token count (deduplicated)
 and once without tails (SSNBENCH_XATTN_TAILS=0 equivalent), so their shared memory can be compared.
+Uses only the kernels' public names: `configs.CANDIDATES`, `launch.KERNELS`, `configs.tails`.
 Exits non-zero if any compile fails.
 """
 
@@ -47,14 +48,14 @@ def _signature(fn: Any, consts: dict[str, Any], dtype: str) -> dict[str, str]:
 
 def _compile(job: tuple[str, int, int, tuple[tuple[str, int], ...], int]) -> dict[str, Any]:
     import triton
-    from ssnbench.kernels import shared_xattn as sx
+    from ssnbench.kernels import configs, launch
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     kernel, index, d, tails, arch = job
-    cfg = (sx._FWD_CONFIGS if kernel == "fwd" else sx._BWD_CONFIGS)[index]
-    fn = sx._fwd_kernel if kernel == "fwd" else sx._bwd_kernel
-    consts = {"HEAD_DIM": d, "BLOCK_D": sx._np2(d), "DOT_PREC": "tf32", **cfg.kwargs, **dict(tails)}
+    cfg = configs.CANDIDATES[kernel][index]
+    fn = launch.KERNELS[kernel]
+    consts = {"HEAD_DIM": d, "BLOCK_D": configs.np2(d), "DOT_PREC": "tf32", **cfg.kwargs, **dict(tails)}
     if kernel == "fwd":
         consts.setdefault("POLY_EXP", False)
     src = ASTSource(fn=fn, signature=_signature(fn, consts, "bf16"), constexprs=consts)
@@ -74,18 +75,17 @@ def _compile(job: tuple[str, int, int, tuple[tuple[str, int], ...], int]) -> dic
 
 
 def _jobs(dims: list[int], lengths: list[int], arch: int, indices: set[int] | None = None) -> list[tuple]:
-    from ssnbench.kernels import shared_xattn as sx
+    from ssnbench.kernels import configs
 
     jobs = []
-    kinds = (("fwd", sx._FWD_CONFIGS), ("bwd", sx._BWD_CONFIGS))
-    for kernel, configs in kinds:
-        for i, cfg in enumerate(configs):
+    for kernel in ("fwd", "bwd"):
+        for i, cfg in enumerate(configs.CANDIDATES[kernel]):
             if indices is not None and i not in indices:
                 continue
             blocks = {k: v for k, v in cfg.kwargs.items() if k.startswith("BLOCK_")}
             variants = {tuple(sorted((k.replace("BLOCK_", "TAIL_"), v) for k, v in blocks.items()))}
             for n in lengths:
-                variants.add(tuple(sorted(sx._tails(cfg.kwargs, n, n, n, n).items())))
+                variants.add(tuple(sorted(configs.tails(cfg.kwargs, n, n, n, n).items())))
             for d in dims:
                 jobs += [(kernel, i, d, tails, arch) for tails in sorted(variants)]
     return jobs

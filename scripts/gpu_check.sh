@@ -90,7 +90,7 @@ fi
 # every autotune candidate compiled once, in parallel, into Triton's disk cache: later steps that
 # autotune (profile, models, kernel benchmark) then only time them
 if [[ "$GPU" == 1 ]]; then
-    "$PY" -c "from ssnbench.kernels import shared_xattn as s; print('precompile', s.precompile((32, 64), workers=16))" \
+    "$PY" -c "from ssnbench.kernels.precompile import precompile; print('precompile', precompile((32, 64), workers=16))" \
         2>&1 | tail -n 1 | tee -a "$OUT/env.txt"
 fi
 

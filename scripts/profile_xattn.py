@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
+from ssnbench.kernels import knobs
 
 DEVICE = "cuda"
 STEPS = 10  # timed training steps per impl (--steps)
@@ -62,7 +61,7 @@ def op_host_costs(batch: int) -> list[dict]:
         row = {"L": L}
         variants = (("fused", fused, True), ("fused_jit", fused, False), ("sdpa_2calls", sdpa, True))
         for name, fn, direct in variants:
-            with mock.patch.dict(os.environ, {"SSNBENCH_XATTN_DIRECT_LAUNCH": "1" if direct else "0"}):
+            with knobs.override(direct_launch=direct):
                 with torch.no_grad():
                     row[f"{name}_fwd_host_us"] = host_cost_us(fn)
                 g = [torch.randn_like(o) for o in fn()]
@@ -166,11 +165,11 @@ def _with_pynode(core):
 
 
 #: Step variants beyond the block impls: what a no-op Python autograd node around the sdpa core
-#: costs, and the triton core through Triton's JIT launch or the registered custom op.
+#: costs, and the triton core through Triton's JIT launch or the registered custom op (knob values).
 VARIANTS = {
     "sdpa_pynode": ("sdpa", {}),
-    "triton_jit": ("triton", {"SSNBENCH_XATTN_DIRECT_LAUNCH": "0"}),
-    "triton_op": ("triton", {"SSNBENCH_XATTN_CUSTOM_OP": "1"}),
+    "triton_jit": ("triton", {"direct_launch": False}),
+    "triton_op": ("triton", {"custom_op": True}),
 }
 
 
@@ -185,7 +184,7 @@ def profile_step(impl: str, batch: int, python_profile: bool = False) -> dict:
     if impl == "sdpa_pynode":
         xattn_module.attention_core = _with_pynode(core)
     try:
-        with mock.patch.dict(os.environ, env):
+        with knobs.override(**env):
             return {**_profile_step(base, batch, python_profile), "impl": impl}
     finally:
         xattn_module.attention_core = core

@@ -3,11 +3,12 @@
 For the SSN stage shapes (B=32, 8 heads, 3136/784/196/49 tokens, head dims 32 and 64, bf16) it
 times forward and forward+backward of both directions for:
 - fused       our Triton op (one launch forward, one or two backward), autotuned
-- fused_jit   the same, every launch through Triton's JIT (SSNBENCH_XATTN_DIRECT_LAUNCH=0): shows
+- fused_jit   the same, every launch through Triton's JIT (knob direct_launch=False): shows
               what the direct launch of compiled kernels saves in host time
-- fused_fixed the same kernels with the fixed config table (SSNBENCH_XATTN_AUTOTUNE=0)
-- fused_op    the autotuned kernels called through the torch.library custom op (dispatch overhead)
-- fused_notails the same configs with full tiles for the ragged last blocks (SSNBENCH_XATTN_TAILS=0)
+- fused_fixed the same kernels with the fixed config table (knob autotune=False)
+- fused_op    the autotuned kernels called through the torch.library custom op (knob custom_op=True)
+- fused_notails the same configs with full tiles for the ragged last blocks (knob tails=False)
+(each A/B row runs under `ssnbench.kernels.knobs.override(...)` with its values, METHOD_KNOBS)
 - sdpa_2calls torch SDPA once per direction
 - sdpa_batched one SDPA call over both directions stacked on the batch (inputs pre-stacked)
 - naive       softmax(q kᵀ s) v in plain PyTorch, per direction
@@ -31,9 +32,9 @@ than its kernels), while inside a CUDA-graphed model block only the device time 
 and floors are given under both (`*_graph_*` keys for the graph ones).
 On CPU it runs the PyTorch paths at a reduced size with torch.utils.benchmark (eager only) and says
 the Triton figures need a GPU.
-Env: SSNBENCH_BENCH_COMPILE=0 skips the torch.compile baseline, SSNBENCH_PRECOMPILE=0 the parallel
-precompile of the Triton autotune candidates, SSNBENCH_BENCH_GRAPH=0 the CUDA-graph timing (as does
-`run(graph=False)` or a `no_graph` CLI flag).
+Knobs (ssnbench.kernels.knobs): SSNBENCH_BENCH_COMPILE=0 skips the torch.compile baseline,
+SSNBENCH_PRECOMPILE=0 the parallel precompile of the Triton autotune candidates,
+SSNBENCH_BENCH_GRAPH=0 the CUDA-graph timing (as does `run(graph=False)` or the --no-graph flag).
 """
 
 from __future__ import annotations
@@ -47,22 +48,23 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ssnbench.errors import UserError
+from ssnbench.kernels import knobs
 
 FWD_FLOORS = {49: 2.5, 196: 1.6, 784: 1.4, 3136: 1.25}  # fused fwd vs SDPA per direction
 FWDBWD_FLOORS = {49: 1.5, 196: 1.5, 784: 1.5, 3136: 1.2}  # fused fwd+bwd vs best PyTorch baseline
 BASELINES = ("sdpa_2calls", "sdpa_batched", "naive", "compiled")
-METHOD_ENV = {
-    "fused_jit": {"SSNBENCH_XATTN_DIRECT_LAUNCH": "0"},  # Triton's JIT launch path on every call
-    "fused_fixed": {"SSNBENCH_XATTN_AUTOTUNE": "0"},  # fixed config table instead of autotuned
-    "fused_op": {"SSNBENCH_XATTN_CUSTOM_OP": "1"},  # through torch.library dispatch (what compile sees)
-    "fused_notails": {"SSNBENCH_XATTN_TAILS": "0"},  # full tiles for the ragged last blocks (A/B)
+#: The A/B rows: the fused op under these knob values (`knobs.override`).
+METHOD_KNOBS: dict[str, dict[str, Any]] = {
+    "fused_jit": {"direct_launch": False},  # Triton's JIT launch path on every call
+    "fused_fixed": {"autotune": False},  # fixed config table instead of autotuned
+    "fused_op": {"custom_op": True},  # through torch.library dispatch (what compile sees)
+    "fused_notails": {"tails": False},  # full tiles for the ragged last blocks (A/B)
 }
 
 GRAPH_CALLS = 20  # calls unrolled in one CUDA graph (at most)
@@ -90,7 +92,7 @@ def _methods(gpu: bool) -> dict[str, Callable[[Inputs], Any] | None]:
 
         methods["fused"] = lambda x: shared_cross_attention(*x)
         methods["fused_jit"] = lambda x: shared_cross_attention(*x)
-        # the same op with env toggled around it (see METHOD_ENV)
+        # the same op with knobs changed around it (see METHOD_KNOBS)
         methods["fused_fixed"] = lambda x: shared_cross_attention(*x)
         methods["fused_op"] = lambda x: shared_cross_attention(*x)
         methods["fused_notails"] = lambda x: shared_cross_attention(*x)
@@ -100,7 +102,7 @@ def _methods(gpu: bool) -> dict[str, Callable[[Inputs], Any] | None]:
     )
     methods["sdpa_batched"] = None  # built per shape (pre-stacked inputs, equal token counts only)
     methods["naive"] = lambda x: _naive_core(*x)
-    if gpu and os.environ.get("SSNBENCH_BENCH_COMPILE", "1") != "0":
+    if gpu and knobs.current().bench_compile:
         compiled = torch.compile(_naive_core, dynamic=True)
         methods["compiled"] = lambda x: compiled(*x)
     return methods
@@ -250,44 +252,42 @@ def _bench_shape(
             leaves = x
             make_call = lambda lv, fn=fn: lambda: fn(lv)  # noqa: E731
         call = make_call(leaves)
-        env = mock.patch.dict(os.environ, METHOD_ENV.get(name, {}))
-        env.start()
         try:
-            outs = call()
-            grads = [_randn_like(o) for o in outs]
-            del outs  # its autograd graph would keep the leaves' AccumulateGrad nodes (default stream)
+            with knobs.override(**METHOD_KNOBS.get(name, {})):  # the A/B rows' knob values
+                outs = call()
+                grads = [_randn_like(o) for o in outs]
+                del outs  # its autograd graph would keep the leaves' AccumulateGrad nodes (default stream)
 
-            def fwd_bwd(call=call, grads=grads) -> None:
-                torch.autograd.backward(call(), grads)
+                def fwd_bwd(call=call, grads=grads) -> None:
+                    torch.autograd.backward(call(), grads)
 
-            with torch.no_grad():
-                row["fwd_ms"] = timer(call)
-            fwd_bwd()  # compile/tune the backward outside the timing
-            row["fwdbwd_ms"] = timer(fwd_bwd, grad_to_none=leaves)
-            row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
-            row["fwdbwd_tflops"] = 3.5 * flops / row["fwdbwd_ms"] / 1e9
-            if peaks.get("bf16_matmul_tflops"):
-                row["fwd_pct_peak"] = 100 * row["fwd_tflops"] / peaks["bf16_matmul_tflops"]
-                row["fwdbwd_pct_peak"] = 100 * row["fwdbwd_tflops"] / peaks["bf16_matmul_tflops"]
-            if name.startswith("fused"):
-                elem = torch.finfo(dtype).bits // 8
-                row["fwd_gbps"] = (8 * B * H * L * D * elem + 2 * B * H * L * 4) / row["fwd_ms"] / 1e6
-            if graph:
-                # fresh leaves: their AccumulateGrad nodes are made in the side-stream warm-up; nodes
-                # made on the default stream by the eager timing above break the capture of the
-                # backward (torch warns "AccumulateGrad node's stream does not match")
-                fresh = [t.detach().requires_grad_() for t in leaves]
-                _time_graphs(row, make_call(fresh), fresh, grads)
-                if "fwd_graph_ms" in row:
-                    row["fwd_graph_tflops"] = flops / row["fwd_graph_ms"] / 1e9
-                if "fwdbwd_graph_ms" in row:
-                    row["fwdbwd_graph_tflops"] = 3.5 * flops / row["fwdbwd_graph_ms"] / 1e9
+                with torch.no_grad():
+                    row["fwd_ms"] = timer(call)
+                fwd_bwd()  # compile/tune the backward outside the timing
+                row["fwdbwd_ms"] = timer(fwd_bwd, grad_to_none=leaves)
+                row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
+                row["fwdbwd_tflops"] = 3.5 * flops / row["fwdbwd_ms"] / 1e9
+                if peaks.get("bf16_matmul_tflops"):
+                    row["fwd_pct_peak"] = 100 * row["fwd_tflops"] / peaks["bf16_matmul_tflops"]
+                    row["fwdbwd_pct_peak"] = 100 * row["fwdbwd_tflops"] / peaks["bf16_matmul_tflops"]
+                if name.startswith("fused"):
+                    elem = torch.finfo(dtype).bits // 8
+                    row["fwd_gbps"] = (8 * B * H * L * D * elem + 2 * B * H * L * 4) / row["fwd_ms"] / 1e6
+                if graph:
+                    # fresh leaves: their AccumulateGrad nodes are made in the side-stream warm-up; nodes
+                    # made on the default stream by the eager timing above break the capture of the
+                    # backward (torch warns "AccumulateGrad node's stream does not match")
+                    fresh = [t.detach().requires_grad_() for t in leaves]
+                    _time_graphs(row, make_call(fresh), fresh, grads)
+                    if "fwd_graph_ms" in row:
+                        row["fwd_graph_tflops"] = flops / row["fwd_graph_ms"] / 1e9
+                    if "fwdbwd_graph_ms" in row:
+                        row["fwdbwd_graph_tflops"] = 3.5 * flops / row["fwdbwd_graph_ms"] / 1e9
         except torch.OutOfMemoryError:
             row["error"] = "out of memory"
         except Exception as err:  # a baseline failing must not hide the others
             row["error"] = _one_line(err)
         finally:
-            env.stop()
             for t in leaves:
                 t.grad = None
             if gpu:
@@ -361,9 +361,9 @@ def environment() -> dict[str, Any]:
 
 
 def _graph_enabled(graph: bool | None, gpu: bool) -> bool:
-    """CUDA-graph timing: only on a GPU; `graph` None means on unless SSNBENCH_BENCH_GRAPH=0."""
+    """CUDA-graph timing: only on a GPU; `graph` None means knob `bench_graph` (SSNBENCH_BENCH_GRAPH)."""
     if graph is None:
-        graph = os.environ.get("SSNBENCH_BENCH_GRAPH", "1") != "0"
+        graph = knobs.current().bench_graph
     return bool(graph) and gpu
 
 
@@ -397,13 +397,12 @@ def run(quick: bool = False, device: str | None = None,
     timer = _timer(gpu, quick)
     peaks = _measure_peaks(gpu)
     precompiled = None
-    if gpu and os.environ.get("SSNBENCH_PRECOMPILE", "1") != "0":
-        from ssnbench.kernels import shared_xattn
+    if gpu and knobs.current().precompile:
+        from ssnbench.kernels.precompile import precompile
 
         # every autotune candidate compiled in parallel processes first (Triton's disk cache)
         workers = min(8, os.cpu_count() or 1)
-        precompiled = shared_xattn.precompile(tuple(dims), dtype, H, workers=workers, timeout=90,
-                                              lengths=tuple(lengths))
+        precompiled = precompile(tuple(dims), dtype, H, workers=workers, timeout=90, lengths=tuple(lengths))
         print(f"precompiled Triton candidates: {precompiled}", flush=True)
     rows: list[dict[str, Any]] = []
     env = environment()
@@ -424,13 +423,10 @@ def run(quick: bool = False, device: str | None = None,
             "note": None if gpu else "CPU run at reduced size (B=2, fp32): Triton figures need a GPU.",
         }
         if gpu:
-            from ssnbench.kernels import shared_xattn
+            from ssnbench.kernels import launch
 
-            result["autotune"] = list(shared_xattn.TUNING_LOG)
-            result["best_configs"] = [
-                {"kernel": name, "key": [str(k) for k in key], "config": cfg}
-                for (name, key), cfg in shared_xattn._BEST.items()
-            ]
+            result["autotune"] = list(launch.TUNING_LOG)
+            result["best_configs"] = launch.best_configs()
         return result
 
     for D in dims:
@@ -527,7 +523,7 @@ def cli(args: argparse.Namespace) -> int:
             path.write_text(json.dumps(result, indent=2, default=str))
 
     methods = getattr(args, "methods", None)
-    graph = False if getattr(args, "no_graph", False) else None  # None: SSNBENCH_BENCH_GRAPH decides
+    graph = False if getattr(args, "no_graph", False) else None  # None: knob bench_graph decides
     try:
         result = run(quick=bool(getattr(args, "quick", False)), on_progress=write,
                      lengths=getattr(args, "lengths", None), dims=getattr(args, "head_dims", None),

@@ -187,7 +187,10 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("SSNBENCH_CACHE", ".ssnbench-cache"))
+    """Folder of generated synthetic data: SSNBENCH_CACHE (read once by ssnbench.kernels.knobs)."""
+    from ssnbench.kernels import knobs
+
+    return Path(knobs.current().cache)
 
 
 def synthetic_root_path(spec: DatasetSpec, cache: Path | None = None) -> Path:

@@ -1,13 +1,32 @@
 """Test-wide settings. Without a GPU the Triton kernels run in the interpreter, which must be switched
-on before any kernel module is imported."""
+on before any kernel module is imported (Triton reads TRITON_INTERPRET when a kernel is decorated).
+At run time a test changes the interpreter, or any other knob, only through
+`ssnbench.kernels.knobs.override(...)`."""
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def interpreter() -> None:
+    """For the CPU kernel tests: Triton's interpreter must be on. On a GPU box (kernels compiled)
+    they skip, tests/test_kernels_gpu.py covers the kernels there; without a GPU an exported
+    TRITON_INTERPRET=0 fails them loudly: a skip would hide that no kernel test ran."""
+    from ssnbench.kernels import knobs
+
+    if knobs.current().interpret:
+        return
+    if torch.cuda.is_available():
+        pytest.skip("GPU box: the kernels are compiled here; tests/test_kernels_gpu.py covers them")
+    pytest.fail("TRITON_INTERPRET=0 is exported on a machine without a GPU, so the CPU kernel tests "
+                "cannot run the Triton kernels: unset it (tests/conftest.py then turns the interpreter on)",
+                pytrace=False)
 
 
 class _StubCompiled:
@@ -44,24 +63,24 @@ class _StubKernel:
 
 
 @pytest.fixture
-def kernel_stubs(monkeypatch: pytest.MonkeyPatch):
+def kernel_stubs(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     """The op's whole production host path (checks, allocations, launch plumbing, direct launch,
     autograd) on CPU tensors, with every Triton kernel replaced by a no-op stub: what the op costs
-    the host per call, without a GPU. Outputs and gradients are uninitialised memory."""
-    from ssnbench.kernels import shared_xattn as sx
+    the host per call, without a GPU. Outputs and gradients are uninitialised memory. Yields
+    ssnbench.kernels.launch (its KERNELS hold the stubs, DIRECT_LAUNCHES counts direct launches)."""
+    from ssnbench.kernels import knobs, launch, ops
 
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU tensors take the kernel path...
-    monkeypatch.setenv("SSNBENCH_XATTN_AUTOTUNE", "0")
-    monkeypatch.delenv("SSNBENCH_XATTN_DIRECT_LAUNCH", raising=False)
-    monkeypatch.delenv("SSNBENCH_XATTN_CUSTOM_OP", raising=False)
-    monkeypatch.setattr(sx, "INTERPRET", False)  # ...with the GPU's configs and direct launch
-    monkeypatch.setattr(sx, "_current_device", lambda: 0)
-    monkeypatch.setattr(sx, "_current_stream", lambda device: 0)
-    monkeypatch.setattr(sx, "_DIRECT", {})
-    for name in ("_fwd_kernel", "_bwd_kernel", "_bwd_atomic_kernel", "_bwd_small_kernel",
-                 "_bwd_preprocess_kernel", "_cast_pair_kernel"):
-        monkeypatch.setattr(sx, name, _StubKernel(getattr(sx, name)))
-    return sx
+    # the stubs stand in for compiled kernels: CPU tensors go to them as CUDA tensors would
+    monkeypatch.setattr(ops, "backend_for", lambda t: "triton")
+    monkeypatch.setattr(launch, "current_device", lambda: 0)
+    monkeypatch.setattr(launch, "current_stream", lambda device: 0)
+    for name, kernel in list(launch.KERNELS.items()):
+        monkeypatch.setitem(launch.KERNELS, name, _StubKernel(kernel))
+    launch.clear_direct_cache()
+    # the GPU's configs and direct launch, not the interpreter's
+    with knobs.override(interpret=False, autotune=False, direct_launch=True, custom_op=False):
+        yield launch
+    launch.clear_direct_cache()
 
 
 @pytest.fixture

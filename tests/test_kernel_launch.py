@@ -1,4 +1,4 @@
-"""The kernel launcher's direct path (kernels/shared_xattn.py `_launch`), on CPU with a fake kernel.
+"""The kernel launcher's direct path (kernels/launch.py `launch`), on CPU with a fake kernel.
 
 The direct path skips Triton's per-call specialisation, so its cache key must separate every launch
 that Triton would compile differently, and it must hand the launcher the exact argument list the JIT
@@ -7,18 +7,11 @@ would. The GPU side (real kernels, repeated calls) is in test_kernels_gpu.py.
 
 from __future__ import annotations
 
-import os
 import types
-from unittest import mock
 
 import pytest
 import torch
-
-
-def _sx():
-    from ssnbench.kernels import shared_xattn
-
-    return shared_xattn
+from ssnbench.kernels import knobs, launch
 
 
 class _FakeCompiled:
@@ -50,20 +43,20 @@ class _FakeKernel:
 
 @pytest.fixture
 def direct(monkeypatch):
-    sx = _sx()
-    monkeypatch.setattr(sx, "INTERPRET", False)
-    monkeypatch.setattr(sx, "_current_device", lambda: 0)
-    monkeypatch.setattr(sx, "_current_stream", lambda device: 1234)
-    monkeypatch.delenv("SSNBENCH_XATTN_DIRECT_LAUNCH", raising=False)
-    monkeypatch.setattr(sx, "_DIRECT", {})
-    return sx
+    """launch.py as on a GPU (no interpreter, direct launch on), with a fake device and stream."""
+    monkeypatch.setattr(launch, "current_device", lambda: 0)
+    monkeypatch.setattr(launch, "current_stream", lambda device: 1234)
+    launch.clear_direct_cache()
+    with knobs.override(interpret=False, direct_launch=True):
+        yield launch
+    launch.clear_direct_cache()
 
 
-def _go(sx, kernel, tensors, strides=(64, 32), H=8, cfg=None, name="bwd_pre"):
+def _go(lm, kernel, tensors, strides=(64, 32), H=8, cfg=None, name="bwd_pre"):
     """One launch with an untuned kernel name: `cfg` is its fixed config (a block size and warps)."""
     cfg = cfg or {"BLOCK": 16, "num_warps": 4}
-    sx._launch(name, kernel, lambda m: (3, 2, 1), tuple(tensors), (*strides, H), {}, ("key",),
-               lambda: cfg, sx.int_spec(list(strides), H))
+    lm.launch(name, kernel, lambda m: (3, 2, 1), tuple(tensors), (*strides, H), meta={}, key=("key",),
+              fixed=lambda: cfg, spec=lm.int_spec(list(strides), H))
 
 
 def test_second_launch_is_direct_with_the_jit_argument_list(direct):
@@ -101,16 +94,15 @@ def test_direct_launch_can_be_switched_off_and_stays_off_under_hooks(direct, mon
     kernel = _FakeKernel()
     x = torch.zeros(64)
     _go(direct, kernel, [x, x])
-    monkeypatch.setenv("SSNBENCH_XATTN_DIRECT_LAUNCH", "0")
-    _go(direct, kernel, [x, x])
-    monkeypatch.delenv("SSNBENCH_XATTN_DIRECT_LAUNCH")
-    monkeypatch.setattr(direct, "_hooks_idle", lambda: False)  # e.g. a profiler's launch hook
+    with knobs.override(direct_launch=False):
+        _go(direct, kernel, [x, x])
+    monkeypatch.setattr(direct, "hooks_idle", lambda: False)  # e.g. a profiler's launch hook
     _go(direct, kernel, [x, x])
     assert [e[0] for e in kernel.log] == ["jit", "jit", "jit"]
 
 
 def test_int_spec():
-    int_spec = _sx().int_spec
+    int_spec = launch.int_spec
     assert int_spec([1568, 32, 32, 0], 8) == (False, False)
     assert int_spec([1568, 32, 32], 16) == (False, True)
     assert int_spec([1568, 32, 32], 1) == (True, False)
@@ -137,8 +129,8 @@ def test_eager_backward_takes_gradients_from_one_allocation(kernel_stubs, lc, ld
     outs = shared_cross_attention(*xs)
     grads = torch.autograd.grad(outs, xs, [torch.ones_like(o) for o in outs])
     assert _storages(grads) == storages
-    assert kernel_stubs._fwd_kernel.jit_launches == 1  # the kernel path ran, not the reference
-    with mock.patch.dict(os.environ, {"SSNBENCH_XATTN_CUSTOM_OP": "1"}):
+    assert kernel_stubs.KERNELS["fwd"].jit_launches == 1  # the kernel path ran, not the reference
+    with knobs.override(custom_op=True):
         outs = shared_cross_attention(*xs)
         grads = torch.autograd.grad(outs, xs, [torch.ones_like(o) for o in outs])
     assert _storages(grads) == 6

@@ -1,30 +1,20 @@
 """Fused shared cross-attention on CPU: Triton kernels in the interpreter (TRITON_INTERPRET=1, set by
 conftest.py before the kernel module is imported) against a float64 reference, both directions.
+Without a GPU these tests fail, never skip, when the interpreter is off (conftest `interpreter`).
 
 Tiny shapes only: the interpreter is slow. GPU shapes/dtypes live in test_kernels_gpu.py.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-from ssnbench.kernels import ops, reference, shared_cross_attention
+from ssnbench.kernels import configs, knobs, launch, ops, precompile, reference, shared_cross_attention
+from ssnbench.kernels import shared_xattn as sx
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET", "0") in ("", "0"),
-    reason="CPU tests of the Triton kernels need the interpreter (conftest sets TRITON_INTERPRET=1 when "
-    "there is no GPU); on a GPU box see test_kernels_gpu.py",
-)
+pytestmark = pytest.mark.usefixtures("interpreter")
 
 TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (3e-3, 3e-3)}  # (atol, rtol) vs float64
-
-
-def _sx():
-    from ssnbench.kernels import shared_xattn
-
-    return shared_xattn
 
 
 def _inputs(B, H, Lc, Ld, D, dtype, Lkc=None, Lkd=None, seed=0):
@@ -66,7 +56,6 @@ SHAPES = [
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(str(v) for v in s))
 def test_forward_backward_vs_float64(shape, dtype, poison):
     B, H, Lc, Ld, D, Lkc, Lkd, path = shape
-    sx = _sx()
     xs = _inputs(B, H, Lc, Ld, D, dtype, Lkc, Lkd)
     do = [torch.randn(B, H, Lc, D).to(dtype), torch.randn(B, H, Ld, D).to(dtype)]
     scale = D**-0.5
@@ -83,14 +72,14 @@ def test_forward_backward_vs_float64(shape, dtype, poison):
 
 
 @pytest.mark.parametrize("shape", [(1, 2, 37, 21, 16), (1, 1, 70, 96, 32)], ids=["37x21", "70x96"])
-def test_forward_poly_exp_fp16(shape, poison, monkeypatch):
+def test_forward_poly_exp_fp16(shape, poison):
     """Half the exps by the FMA-pipe polynomial (`_exp2_fma`): fp16 still meets its tolerance."""
-    monkeypatch.setenv("SSNBENCH_XATTN_POLY_EXP", "1")
     B, H, Lc, Ld, D = shape
     xs = _inputs(B, H, Lc, Ld, D, torch.float16, seed=5)
     ref = _ref64(xs, D**-0.5)
     undo = poison()
-    out = _sx().forward(*xs, D**-0.5)
+    with knobs.override(poly_exp=True):
+        out = sx.forward(*xs, D**-0.5)
     undo()
     for name, got, want in zip(["o_c", "o_d", "lse_c", "lse_d"], out, ref, strict=True):
         assert torch.isfinite(got).all(), name
@@ -106,10 +95,10 @@ def test_public_op_autograd_noncontiguous_and_expanded_grads():
     assert not xs[0].is_contiguous()
     leaves = [t.float().requires_grad_() for t in xs]  # float() keeps the strided layout
     assert not leaves[0].is_contiguous()
-    before = dict(_sx().LAUNCHES)
+    before = dict(sx.LAUNCHES)
     o_c, o_d = shared_cross_attention(*leaves, scale=0.3)
     (o_c.sum() + (o_d * 2).sum()).backward()
-    assert _sx().LAUNCHES["fwd"] == before.get("fwd", 0) + 1
+    assert sx.LAUNCHES["fwd"] == before.get("fwd", 0) + 1
     x64 = [t.detach().double().requires_grad_() for t in xs]
     r_c, r_d = reference.shared_cross_attention_reference(*x64, scale=0.3)
     (r_c.sum() + (r_d * 2).sum()).backward()
@@ -128,7 +117,6 @@ def test_no_silent_fallback_to_reference(monkeypatch):
 
     for name in ("shared_cross_attention_reference_with_lse", "shared_cross_attention_reference_backward"):
         monkeypatch.setattr(reference, name, boom)
-    sx = _sx()
     before = dict(sx.LAUNCHES)
     xs = [t.requires_grad_() for t in _inputs(1, 1, 20, 9, 16, torch.float32)]
     o_c, o_d = shared_cross_attention(*xs)
@@ -138,11 +126,11 @@ def test_no_silent_fallback_to_reference(monkeypatch):
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in xs)
 
 
-def test_cpu_without_interpreter_uses_reference(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert ops.backend_for(torch.empty(1)) == "reference"
+def test_cpu_without_interpreter_uses_reference():
     xs = _inputs(1, 2, 5, 7, 16, torch.float32)
-    o_c, o_d = shared_cross_attention(*xs)
+    with knobs.override(interpret=False):
+        assert ops.backend_for(torch.empty(1)) == "reference"
+        o_c, o_d = shared_cross_attention(*xs)
     r_c, r_d = reference.shared_cross_attention_reference(*xs)
     torch.testing.assert_close(o_c, r_c)
     torch.testing.assert_close(o_d, r_d)
@@ -234,16 +222,16 @@ def test_tiny_model_training_triton_matches_reference():
     torch.testing.assert_close(losses["triton"], losses["reference"], atol=1e-5, rtol=1e-5)
 
 
-def test_eager_fast_path_matches_registered_op(monkeypatch):
+def test_eager_fast_path_matches_registered_op():
     """Eager calls skip the custom-op dispatch (same kernels); forcing the registered op agrees."""
     xs = _inputs(1, 2, 21, 12, 16, torch.float32, seed=3)
     do = [torch.randn(1, 2, 21, 16), torch.randn(1, 2, 12, 16)]
     results = []
-    for force in ("0", "1"):
-        monkeypatch.setenv("SSNBENCH_XATTN_CUSTOM_OP", force)
+    for force in (False, True):
         leaves = [t.clone().requires_grad_() for t in xs]
-        outs = shared_cross_attention(*leaves)
-        torch.autograd.backward(outs, do)
+        with knobs.override(custom_op=force):
+            outs = shared_cross_attention(*leaves)
+            torch.autograd.backward(outs, do)
         results.append([*outs, *[t.grad for t in leaves]])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
@@ -262,7 +250,6 @@ def test_very_negative_scores_stay_finite(path):
     do = [torch.randn(B, H, Lc, D, generator=g), torch.randn(B, H, Ld, D, generator=g)]
     ref = _ref64(xs, 1.0, do)
     assert ref[2].max() < -100  # lse_c
-    sx = _sx()
     o_c, o_d, lse_c, lse_d = sx.forward(*xs, 1.0)
     grads = sx.backward(*do, *xs, o_c, o_d, lse_c, lse_d, 1.0, path=path)
     for got, want in zip([o_c, o_d, *grads], ref[:2] + ref[4:], strict=True):
@@ -306,7 +293,6 @@ def test_torch_compile_fullgraph_block():
 def test_precompile_worker_warms_each_candidate_once(monkeypatch):
     """The GPU benchmark precompiles every autotune candidate in worker processes; check the job
     plumbing on CPU with recording stand-ins for the jit kernels (no launches, no compiles)."""
-    sx = _sx()
     calls = []
 
     class Recorder:
@@ -319,27 +305,25 @@ def test_precompile_worker_warms_each_candidate_once(monkeypatch):
         def __getitem__(self, grid):
             return lambda *a, **k: None  # preprocess / cast kernels: not part of the candidates
 
-    for attr in ("_fwd_kernel", "_bwd_kernel", "_bwd_atomic_kernel", "_bwd_small_kernel",
-                 "_bwd_preprocess_kernel", "_cast_pair_kernel"):
-        monkeypatch.setattr(sx, attr, Recorder(attr))
-    jobs = sx._precompile_jobs((32,))
-    assert sx._precompile_worker(jobs, "float16", 2) == len(jobs)
-    assert sx._WARMUP_ONLY is None
-    kernels = {"fwd": "_fwd_kernel", "bwd": "_bwd_kernel", "bwd_atomic": "_bwd_atomic_kernel",
-               "bwd_small": "_bwd_small_kernel"}
-    expected = sorted((kernels[name], 32) for _, name, _, _ in jobs)
+    for name in list(launch.KERNELS):
+        monkeypatch.setitem(launch.KERNELS, name, Recorder(name))
+    jobs = precompile.jobs((32,))
+    assert precompile.compile_jobs(jobs, "float16", 2) == len(jobs)
+    assert not launch.compiling()
+    expected = sorted((name, 32) for _, name, _, _ in jobs)
     assert sorted((c[0], c[1]) for c in calls) == expected
     for (_, name, i, tokens), call in zip(jobs, calls, strict=True):
-        cfg = sx._candidates()[name][i]
+        cfg = configs.CANDIDATES[name][i]
         assert all(call[2][k] == v for k, v in cfg.kwargs.items())
         if name == "fwd":  # compiled with the tails of its token count
-            assert {k: call[2][k] for k in ("TAIL_M", "TAIL_N")} == sx._tails(cfg.kwargs, *[tokens] * 4)
+            assert {k: call[2][k] for k in ("TAIL_M", "TAIL_N")} == configs.tails(cfg.kwargs, *[tokens] * 4)
     # every (forward candidate, tails) that a stage token count needs is among the jobs
-    fwd_jobs = {(i, tuple(sx._tails(sx._FWD_CONFIGS[i].kwargs, *[t] * 4).values()))
+    fwd = configs.CANDIDATES["fwd"]
+    fwd_jobs = {(i, tuple(configs.tails(fwd[i].kwargs, *[t] * 4).values()))
                 for _, name, i, t in jobs if name == "fwd"}
-    for i, cfg in enumerate(sx._FWD_CONFIGS):
-        for n in sx.STAGE_TOKENS:
-            assert (i, tuple(sx._tails(cfg.kwargs, n, n, n, n).values())) in fwd_jobs
+    for i, cfg in enumerate(fwd):
+        for n in configs.STAGE_TOKENS:
+            assert (i, tuple(configs.tails(cfg.kwargs, n, n, n, n).values())) in fwd_jobs
 
 
 def test_tiny_ssn_training_triton_matches_reference():
@@ -375,10 +359,10 @@ def test_no_grad_call_skips_autograd_but_not_the_kernel():
     """Inference calls take the kernels directly (no autograd.Function): same outputs, one launch."""
     xs = _inputs(1, 2, 19, 23, 16, torch.float32, seed=3)
     want = [o.detach() for o in shared_cross_attention(*[t.clone().requires_grad_() for t in xs])]
-    before = _sx().LAUNCHES["fwd"]
+    before = sx.LAUNCHES["fwd"]
     with torch.no_grad():
         got = shared_cross_attention(*xs)
-    assert _sx().LAUNCHES["fwd"] == before + 1
+    assert sx.LAUNCHES["fwd"] == before + 1
     assert all(g.grad_fn is None and not g.requires_grad for g in got)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, atol=0, rtol=0)

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from ssnbench.kernels import knobs
 
 from ssnbench import bench_kernels as bk
 from ssnbench import cli
@@ -121,13 +122,13 @@ def test_print_tables_without_graph_numbers(capsys):
     assert "eager, host-inclusive" in out and "CUDA-graph" not in out and "graph ms" not in out
 
 
-def test_graph_knob(monkeypatch):
-    monkeypatch.delenv("SSNBENCH_BENCH_GRAPH", raising=False)
-    assert bk._graph_enabled(None, gpu=True) is True
-    assert bk._graph_enabled(None, gpu=False) is False  # never on CPU
-    assert bk._graph_enabled(False, gpu=True) is False
-    monkeypatch.setenv("SSNBENCH_BENCH_GRAPH", "0")
-    assert bk._graph_enabled(None, gpu=True) is False
+def test_graph_knob():
+    with knobs.override(bench_graph=True):
+        assert bk._graph_enabled(None, gpu=True) is True
+        assert bk._graph_enabled(None, gpu=False) is False  # never on CPU
+        assert bk._graph_enabled(False, gpu=True) is False
+    with knobs.override(bench_graph=False):
+        assert bk._graph_enabled(None, gpu=True) is False
     assert bk._graph_calls(0.01) == bk.GRAPH_CALLS and bk._graph_calls(1e3) == 1
 
 
@@ -136,7 +137,7 @@ def test_cli_no_graph_reaches_run(monkeypatch):
     assert bk.cli(argparse.Namespace(json=None, quick=True, methods=None, no_graph=True)) == 0
     assert seen["graph"] is False
     assert bk.cli(argparse.Namespace(json=None, quick=True, methods=None)) == 0
-    assert seen["graph"] is None  # default: SSNBENCH_BENCH_GRAPH decides (on for a GPU)
+    assert seen["graph"] is None  # default: knob bench_graph (SSNBENCH_BENCH_GRAPH) decides
 
 
 def test_run_graph_false_accepted_on_cpu():

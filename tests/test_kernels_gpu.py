@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from ssnbench.kernels import reference, shared_cross_attention, shared_xattn
+from ssnbench.kernels import configs, knobs, launch, reference, shared_cross_attention, shared_xattn
 
 pytestmark = [
     pytest.mark.gpu,
@@ -77,17 +77,17 @@ def test_against_float64(case, dtype):
 
 @pytest.mark.parametrize("path", ["general", "atomic"])
 @pytest.mark.parametrize("case", [(8, 8, 197, 196, 64), (4, 8, 784, 196, 32)], ids=["197x196", "784x196"])
-def test_backward_paths_bf16(case, path, monkeypatch):
+def test_backward_paths_bf16(case, path):
     """Both large-token backward paths (autotune picks between them) against float64."""
-    monkeypatch.setenv("SSNBENCH_XATTN_BWD_PATH", path)
-    test_against_float64(case, torch.bfloat16)
+    with knobs.override(bwd_path=path):
+        test_against_float64(case, torch.bfloat16)
 
 
 @pytest.mark.parametrize("case", [(2, 8, 3136, 3136, 32), (4, 8, 784, 197, 64)], ids=["3136", "784x197"])
-def test_forward_poly_exp_bf16(case, monkeypatch):
+def test_forward_poly_exp_bf16(case):
     """The FMA-pipe exp2 variant (an autotune candidate for fp16/bf16) against float64."""
-    monkeypatch.setenv("SSNBENCH_XATTN_POLY_EXP", "1")
-    test_against_float64(case, torch.bfloat16)
+    with knobs.override(poly_exp=True):
+        test_against_float64(case, torch.bfloat16)
 
 
 def _candidate_ids(configs) -> list[str]:
@@ -98,19 +98,19 @@ def _candidate_ids(configs) -> list[str]:
 def _check_candidate(kind: str, cfg, poison, monkeypatch) -> None:
     """One autotune candidate (forced as the fixed config) at ragged token counts, so its tail tiles
     run in both directions, against float64; outputs and gradients NaN-poisoned before the call."""
-    tiles = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-    monkeypatch.setenv("SSNBENCH_XATTN_AUTOTUNE", "0")
-    monkeypatch.setenv("SSNBENCH_XATTN_BWD_PATH", "general")
-    monkeypatch.setattr(shared_xattn, "_fixed_fwd" if kind == "fwd" else "_fixed_bwd", lambda *a: dict(tiles))
-    monkeypatch.setattr(shared_xattn, "_DIRECT", {})
+    tiles = configs.config_kwargs(cfg)
+    monkeypatch.setattr(configs, "fixed_fwd" if kind == "fwd" else "fixed_bwd", lambda *a: dict(tiles))
+    launch.clear_direct_cache()
     B, H, Lc, Ld, D = 2, 4, 272, 197, 64  # remainders 16/5 (tiles of 32-256): every tail size used
     xs = _inputs(B, H, Lc, Ld, D, torch.bfloat16)
     do = tuple(torch.randn(B, H, L, D, device="cuda").to(torch.bfloat16) for L in (Lc, Ld))
     ref = _run(reference.shared_cross_attention_reference, [t.double() for t in xs], [g.double() for g in do])
     base = _run(_sdpa, xs, do)
     undo = poison()
-    got = _run(shared_cross_attention, xs, do)
+    with knobs.override(autotune=False, bwd_path="general"):
+        got = _run(shared_cross_attention, xs, do)
     undo()
+    launch.clear_direct_cache()
     for name, g, r, s in zip(["o_c", "o_d", "dq_c", "dk_c", "dv_c", "dq_d", "dk_d", "dv_d"], got, ref, base,
                              strict=True):
         assert torch.isfinite(g).all(), f"{name}: unwritten (NaN) elements"
@@ -119,8 +119,8 @@ def _check_candidate(kind: str, cfg, poison, monkeypatch) -> None:
         assert err <= allowed, f"{name}: max error {err:.3e} > allowed {allowed:.3e}"
 
 
-FWD_CANDIDATES = shared_xattn._FWD_CONFIGS
-BWD_CANDIDATES = shared_xattn._BWD_CONFIGS
+FWD_CANDIDATES = configs.CANDIDATES["fwd"]
+BWD_CANDIDATES = configs.CANDIDATES["bwd"]
 
 
 @pytest.mark.parametrize("cfg", FWD_CANDIDATES, ids=_candidate_ids(FWD_CANDIDATES))
@@ -133,10 +133,8 @@ def test_every_backward_candidate_bf16(cfg, poison, monkeypatch):
     _check_candidate("bwd", cfg, poison, monkeypatch)
 
 
-def test_one_forward_launch_and_paths(monkeypatch):
-    from ssnbench.kernels import shared_xattn
-
-    monkeypatch.setenv("SSNBENCH_XATTN_BWD_PATH", "general")
+@knobs.override(bwd_path="general")
+def test_one_forward_launch_and_paths():
     for L, kinds in [(49, {"fwd": 1, "bwd_small": 1}), (196, {"fwd": 1, "bwd_preprocess": 1, "bwd": 1})]:
         xs = [t.requires_grad_() for t in _inputs(4, 8, L, L, 32, torch.bfloat16)]
         before = dict(shared_xattn.LAUNCHES)
@@ -203,20 +201,18 @@ def _grads(fn, xs):
 
 
 @pytest.mark.parametrize("L", [49, 196])
-def test_direct_launch_matches_the_jit(L, monkeypatch):
+@knobs.override(bwd_path="general")  # deterministic (no atomics)
+def test_direct_launch_matches_the_jit(L):
     """Repeated calls launch the compiled kernels directly (no JIT binding): on fresh inputs every
     output and gradient equals, bit for bit, what the JIT launch of the same kernel gives."""
-    from ssnbench.kernels import shared_xattn
-
-    monkeypatch.setenv("SSNBENCH_XATTN_BWD_PATH", "general")  # deterministic (no atomics)
     before = sum(shared_xattn.DIRECT_LAUNCHES.values())
     for seed in range(3):
         xs = _inputs(8, 8, L, L + 1, 32, torch.bfloat16, seed=seed)
         do = tuple(torch.randn(8, 8, n, 32, device="cuda").to(torch.bfloat16) for n in (L, L + 1))
-        monkeypatch.setenv("SSNBENCH_XATTN_DIRECT_LAUNCH", "0")
-        want = _run(shared_cross_attention, xs, do)
-        monkeypatch.setenv("SSNBENCH_XATTN_DIRECT_LAUNCH", "1")
-        got = _run(shared_cross_attention, xs, do)
+        with knobs.override(direct_launch=False):
+            want = _run(shared_cross_attention, xs, do)
+        with knobs.override(direct_launch=True):
+            got = _run(shared_cross_attention, xs, do)
         for g, w in zip(got, want, strict=True):
             assert torch.equal(g, w)
     assert sum(shared_xattn.DIRECT_LAUNCHES.values()) >= before + 4  # fwd + bwd launches, 2nd+ seeds

@@ -35,7 +35,8 @@ def test_wheel_maps_kernels_under_ssnbench(tmp_path):
     )
     (wheel,) = tmp_path.glob("ssnbench-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("__init__", "ops", "reference", "shared_xattn", "flops"):
+    for module in ("__init__", "knobs", "forward", "backward", "configs", "launch", "shared_xattn",
+                   "precompile", "ops", "reference", "flops"):
         assert f"ssnbench/kernels/{module}.py" in names
     assert not any(n.startswith("kernels/") for n in names)
     assert "ssnbench/models/cross_attention.py" in names and "ssnbench/data/derm7pt.py" in names

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ssnbench.kernels import knobs
 
 from ssnbench import cli
 from ssnbench.config import load
@@ -30,11 +32,11 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
-def suite_file(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("SSNBENCH_CACHE", str(cache))
+def suite_file(tmp_path: Path, cache: Path) -> Iterator[Path]:
     path = tmp_path / "tiny.yaml"
     path.write_text(SUITE)
-    return path
+    with knobs.override(cache=str(cache)):
+        yield path
 
 
 def _mtimes(out: Path) -> dict[str, int]:

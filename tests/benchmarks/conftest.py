@@ -15,12 +15,12 @@ whole folder stays well under a minute (they guard correctness and catch gross C
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import torch
+from ssnbench.kernels import knobs
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -57,7 +57,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                            for c in bs.compare_fail]
 
 
-CPU_THREADS = int(os.environ.get("SSNBENCH_BENCH_THREADS", "1"))
+CPU_THREADS = knobs.current().bench_threads
 
 
 @pytest.fixture(autouse=True)
@@ -111,12 +111,14 @@ def timed(benchmark: Any) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def reference_dispatch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def reference_dispatch() -> Iterator[None]:
     """On CPU time the op's production CPU path (the PyTorch reference), not the Triton interpreter
     that tests/conftest.py switches on for the correctness tests."""
-    if not CUDA:
-        monkeypatch.setenv("TRITON_INTERPRET", "0")
-    yield
+    if CUDA:
+        yield
+        return
+    with knobs.override(interpret=False):
+        yield
 
 
 @pytest.fixture(scope="session")
