@@ -123,7 +123,6 @@ def test_env_tag_is_file_name_safe() -> None:
 
 def test_cli_on_a_real_tiny_suite(tmp_path: Path) -> None:
     """The real path: suite parsed by ssnbench.config, model built by the registry."""
-    pytest.importorskip("ssnbench.models.registry")
     suite = tmp_path / "tiny.yaml"
     suite.write_text(
         "name: tiny-real\n"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ssnbench import profiling
+from ssnbench import kernels, profiling
+from ssnbench.models import cross_attention as xattn
+from ssnbench.models import registry
 
 
 class _TwoImageToy(nn.Module):
@@ -67,15 +67,11 @@ def test_params_without_parts() -> None:
     assert counts["total"] == 15 == counts["other"]
 
 
-needs_fvcore = pytest.mark.skipif(importlib.util.find_spec("fvcore") is None, reason="fvcore not installed")
-
-
 class _Sdpa(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v)
 
 
-@needs_fvcore
 def test_sdpa_handle_counts_formula() -> None:
     b, h, lq, lk, d = 2, 4, 10, 7, 16
     q, k, v = torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, d)
@@ -84,12 +80,7 @@ def test_sdpa_handle_counts_formula() -> None:
     assert "aten::scaled_dot_product_attention" not in report["unsupported_ops"]
 
 
-@needs_fvcore
 def test_fused_op_handle_counts_both_directions() -> None:
-    kernels = pytest.importorskip("ssnbench.kernels")
-    if not hasattr(kernels, "shared_cross_attention"):
-        pytest.skip("ssnbench.kernels.shared_cross_attention not landed yet")
-
     class _Fused(nn.Module):
         def forward(self, *qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return kernels.shared_cross_attention(*qkv)
@@ -102,13 +93,11 @@ def test_fused_op_handle_counts_both_directions() -> None:
     assert not any("shared_cross_attention" in op for op in report["unsupported_ops"])
 
 
-@needs_fvcore
 @pytest.mark.parametrize("impl", ["sdpa", "triton", "reference"])
 def test_block_gmacs_match_formula_plus_linears(impl: str) -> None:
     """The whole block: shared QKV over both modalities' tokens, the attention core (both
     directions) and the shared output projection. The reference impl is plain matmuls (counted
     by fvcore itself), so all three must agree."""
-    xattn = pytest.importorskip("ssnbench.models.cross_attention")
     b, c, heads = 1, 32, 4
     hc, hd = 4, 3  # L_c = 16, L_d = 9: unequal token counts
     block = xattn.SharedCrossAttention(c, num_heads=heads, impl=impl)
@@ -123,7 +112,6 @@ def test_block_gmacs_match_formula_plus_linears(impl: str) -> None:
     assert counted == pytest.approx(attention + linears, rel=0.05), report
 
 
-@needs_fvcore
 def test_gmacs_of_two_image_model_and_unsupported_ops_field() -> None:
     report = profiling.gmacs_report(_TwoImageToy(), 8)
     assert report["gmacs"] > 0
@@ -190,7 +178,6 @@ def test_oom_is_recorded_and_the_sweep_goes_on(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_real_ssn_and_dual_parts_and_sharing() -> None:
-    registry = pytest.importorskip("ssnbench.models.registry")
     ssn = profiling.count_parameters(registry.build_model("ssn", backbone="resnet18", image_size=32))
     dual = profiling.count_parameters(registry.build_model("dual", backbone="resnet18", image_size=32))
     for counts in (ssn, dual):

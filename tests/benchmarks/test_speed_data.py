@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from torch.utils.data import DataLoader
 
-synthetic = pytest.importorskip("ssnbench.data.synthetic")
-derm7pt = pytest.importorskip("ssnbench.data.derm7pt")
+from ssnbench.data import derm7pt, synthetic
 
 CASES, SOURCE_SIZE, IMAGE_SIZE, BATCH = 60, 128, 96, 16  # demo-like settings, small release
 

@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 import torch
 
+from ssnbench import kernels
+from ssnbench.models import cross_attention as xattn
+
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 
-kernels = pytest.importorskip("ssnbench.kernels")
 
 # SSN-ResNet50 at 224 px: 3136/784/196/49 tokens per stage; head dims 32 and 64 (8 heads), B=32.
 if CUDA:
@@ -74,7 +76,6 @@ def test_block_forward_backward(
         pytest.skip("impl triton is timed on CUDA only (on CPU it is the interpreter)")
     if path == "graph" and not CUDA:
         pytest.skip("CUDA graphs need a GPU")
-    xattn = pytest.importorskip("ssnbench.models.cross_attention")
     from ssnbench.models.block_graphs import BlockGraphs
     b, c, side, heads = BLOCK["b"], BLOCK["c"], BLOCK["side"], BLOCK["heads"]
     block = xattn.SharedCrossAttention(c, num_heads=heads, impl=impl).to(DEVICE)

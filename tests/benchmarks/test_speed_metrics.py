@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-metrics = pytest.importorskip("ssnbench.metrics")
+from ssnbench import metrics
+
 NUM_CLASSES = (5, 3, 2, 3, 3, 3, 3, 2)
 
 

@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from ssnbench import profiling
-
-registry = pytest.importorskip("ssnbench.models.registry")
+from ssnbench.models import registry
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
