@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-compare clean
+.PHONY: setup demo test lint bench bench-compare mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --benchmark-disable tests
 
 clean:
-	rm -rf $(VENV) .ssnbench-cache
+	rm -rf $(VENV) .ssnbench-cache mutants
 
 # Speed cases (tests/benchmarks/). `make bench` times them and saves the run under .benchmarks/;
 # `make bench-compare` times them again and fails when a case's median is more than BENCH_FAIL %
@@ -40,3 +40,12 @@ bench: $(STAMP)
 bench-compare: $(STAMP)
 	@ls .benchmarks/*/*.json >/dev/null 2>&1 || { echo "bench-compare: no saved run in .benchmarks/; run 'make bench' first" >&2; exit 2; }
 	$(BIN)/python -m pytest $(BENCH_ARGS) --benchmark-compare --benchmark-compare-fail=median:$(BENCH_FAIL)%
+
+# Mutation testing of the core modules with mutmut (docs/testing.md); not part of `make test` or CI.
+# One mutmut run per module with that module's tests only; MUTATION_JOBS mutants in parallel.
+# MUTATION_ONLY=losses (or any scope of scripts/mutation.py) runs one module.
+MUTATION_JOBS ?= 2
+MUTATION_ONLY ?=
+mutation: $(STAMP)
+	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[mutation]'
+	$(BIN)/python scripts/mutation.py --jobs $(MUTATION_JOBS) $(foreach s,$(MUTATION_ONLY),--only $(s))

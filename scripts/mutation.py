@@ -1,0 +1,106 @@
+"""`make mutation`: mutation testing of ssnbench's core modules with mutmut 3 (docs/testing.md).
+
+Why one mutmut run per module: each run then executes only the tests that exercise that module
+(mutmut maps every mutated function to the tests, among `[tool.mutmut]`'s selection in
+pyproject.toml, that called it), and a run of one module fits on a 2-core machine. The scopes
+below are the behaviours issue 18 names; for runner, train and report only the functions that hold
+them are mutated (the rest is I/O, progress output and device plumbing, covered by other tests).
+
+    python scripts/mutation.py                 # every scope, then the table
+    python scripts/mutation.py --only losses   # one scope
+    python scripts/mutation.py --table         # the table of the last runs only
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# scope -> mutant-name globs (mutmut names a mutant <module>.x_<function>__mutmut_<n>, and a method
+# <module>.xǁ<Class>ǁ<method>__mutmut_<n>)
+SCOPES: dict[str, list[str]] = {
+    "derm7pt": ["ssnbench.data.derm7pt.*"],
+    "losses": ["ssnbench.losses.*"],
+    "metrics": ["ssnbench.metrics.*"],
+    "runner": [
+        f"ssnbench.runner.x_{name}__mutmut_*"
+        for name in ("plan", "job_hash", "read_result", "resolve_weights", "run_suite")
+    ],
+    "train": ["ssnbench.train.x_fit__mutmut_*", "ssnbench.train.x_lr_lambda__mutmut_*"],
+    "report": [
+        f"ssnbench.report.x_{name}__mutmut_*"
+        for name in (
+            "_models", "_ok", "case_scores", "case_correct", "_mean_std", "_ci", "_paired", "_aligned",
+            "summarize", "_same_cases",
+        )
+    ],
+}
+
+# mutmut's exit code of a mutant's test run -> verdict (mutmut.stats.status_by_exit_code, grouped)
+VERDICT = {1: "killed", 3: "killed", 0: "survived", 36: "timeout", 24: "timeout", -24: "timeout",
+           152: "timeout", 255: "timeout", 5: "no tests", 33: "no tests"}
+
+
+def results() -> dict[str, int | None]:
+    """mutant name -> exit code, from mutmut's per-file .meta records under mutants/."""
+    out: dict[str, int | None] = {}
+    for meta in (ROOT / "mutants").rglob("*.py.meta"):
+        out.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return out
+
+
+def table(scopes: list[str]) -> str:
+    codes = results()
+    lines = [
+        "| module (scope) | mutants | killed | survived | timeout | no tests | killed or timeout |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    survivors: list[str] = []
+    for scope in scopes:
+        names = [n for n in codes if any(fnmatch.fnmatchcase(n, g) for g in SCOPES[scope])]
+        count = dict.fromkeys(("killed", "survived", "timeout", "no tests", "other"), 0)
+        for n in names:
+            verdict = VERDICT.get(codes[n], "other")  # type: ignore[arg-type]
+            count[verdict] += 1
+            if verdict in ("survived", "no tests", "other"):
+                survivors.append(f"{n} ({verdict}, exit {codes[n]})")
+        tested = len(names) - count["no tests"] - count["other"]
+        score = f"{100 * (count['killed'] + count['timeout']) / tested:.1f}%" if tested else "–"
+        lines.append(f"| {scope} | {len(names)} | {count['killed']} | {count['survived']} | {count['timeout']} "
+                     f"| {count['no tests']} | {score} |")
+    return "\n".join(lines) + "\n\nNot killed:\n" + "\n".join(f"- {s}" for s in survivors)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=sorted(SCOPES), help="run these scopes only")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel (default 2)")
+    parser.add_argument("--table", action="store_true", help="print the table of earlier runs, run nothing")
+    args = parser.parse_args()
+    scopes = args.only or list(SCOPES)
+    mutmut = Path(sys.executable).with_name("mutmut")
+    if not args.table:
+        if not mutmut.exists():
+            print("mutation: mutmut is not installed; run: pip install -e '.[mutation]'", file=sys.stderr)
+            return 2
+        for scope in scopes:
+            t0 = time.perf_counter()
+            print(f"== {scope}: mutmut run {' '.join(SCOPES[scope])}", flush=True)
+            code = subprocess.call([str(mutmut), "run", "--max-children", str(args.jobs), *SCOPES[scope]],
+                                   cwd=ROOT, stdout=subprocess.DEVNULL)
+            print(f"== {scope}: exit {code}, {time.perf_counter() - t0:.0f}s", flush=True)
+            if code != 0:
+                return code
+    print(table(scopes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
