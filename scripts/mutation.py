@@ -37,15 +37,33 @@ SCOPES: dict[str, list[str]] = {
     "report": [
         f"ssnbench.report.x_{name}__mutmut_*"
         for name in (
-            "_models", "_ok", "case_scores", "case_correct", "_mean_std", "_ci", "_paired", "_aligned",
-            "summarize", "_same_cases",
+            "_models",
+            "_ok",
+            "case_scores",
+            "case_correct",
+            "_mean_std",
+            "_ci",
+            "_paired",
+            "_aligned",
+            "summarize",
+            "_same_cases",
         )
     ],
 }
 
 # mutmut's exit code of a mutant's test run -> verdict (mutmut.stats.status_by_exit_code, grouped)
-VERDICT = {1: "killed", 3: "killed", 0: "survived", 36: "timeout", 24: "timeout", -24: "timeout",
-           152: "timeout", 255: "timeout", 5: "no tests", 33: "no tests"}
+VERDICT = {
+    1: "killed",
+    3: "killed",
+    0: "survived",
+    36: "timeout",
+    24: "timeout",
+    -24: "timeout",
+    152: "timeout",
+    255: "timeout",
+    5: "no tests",
+    33: "no tests",
+}
 
 
 def results() -> dict[str, int | None]:
@@ -73,8 +91,10 @@ def table(scopes: list[str]) -> str:
                 survivors.append(f"{n} ({verdict}, exit {codes[n]})")
         tested = len(names) - count["no tests"] - count["other"]
         score = f"{100 * (count['killed'] + count['timeout']) / tested:.1f}%" if tested else "–"
-        lines.append(f"| {scope} | {len(names)} | {count['killed']} | {count['survived']} | {count['timeout']} "
-                     f"| {count['no tests']} | {score} |")
+        lines.append(
+            f"| {scope} | {len(names)} | {count['killed']} | {count['survived']} | {count['timeout']} "
+            f"| {count['no tests']} | {score} |"
+        )
     return "\n".join(lines) + "\n\nNot killed:\n" + "\n".join(f"- {s}" for s in survivors)
 
 
@@ -93,8 +113,11 @@ def main() -> int:
         for scope in scopes:
             t0 = time.perf_counter()
             print(f"== {scope}: mutmut run {' '.join(SCOPES[scope])}", flush=True)
-            code = subprocess.call([str(mutmut), "run", "--max-children", str(args.jobs), *SCOPES[scope]],
-                                   cwd=ROOT, stdout=subprocess.DEVNULL)
+            code = subprocess.call(
+                [str(mutmut), "run", "--max-children", str(args.jobs), *SCOPES[scope]],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+            )
             print(f"== {scope}: exit {code}, {time.perf_counter() - t0:.0f}s", flush=True)
             if code != 0:
                 return code
