@@ -118,7 +118,7 @@ def _raw_row(r: int) -> dict[str, tuple[str, str]]:
 
 
 def _write_release(root: Path, splits: dict[str, list[int]] | None = None) -> Path:
-    """A tiny release_v0/: 20 hand-written rows, 8x8 images, hand-chosen splits."""
+    """A tiny release_v0/: 20 hand-written rows, 16x16 images, hand-chosen splits."""
     (root / "meta").mkdir(parents=True)
     images = root / "images" / "NEL"
     images.mkdir(parents=True)
@@ -135,7 +135,7 @@ def _write_release(root: Path, splits: dict[str, list[int]] | None = None) -> Pa
             row[COLUMN[label]] = raw
         rows.append(row)
         for name in {clinic, derm}:
-            Image.new("RGB", (8, 8), (10 * r, 100, 200)).save(root / "images" / name, format="JPEG")
+            Image.new("RGB", (16, 16), (10 * r, 100, 200)).save(root / "images" / name, format="JPEG")
     with (root / "meta" / "meta.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=HEADER)
         writer.writeheader()

@@ -115,6 +115,7 @@ def fake_jobs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     def run_job(suite, job, data, device, env, profile, progress) -> dict:
         ran.append(job.id)
+        failing = job.model.options.get("drop_rate") == 0.5  # how the tests below mark a failing model
         return {
             "schema": runner.SCHEMA,
             "suite": suite.name,
@@ -123,8 +124,8 @@ def fake_jobs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             "model_index": job.model_index,
             "model": job.model.to_dict(),
             "seed": job.seed,
-            "status": "failed" if job.model.options.get("fail") else "ok",
-            "error": {"type": "RuntimeError", "message": "boom"} if job.model.options.get("fail") else None,
+            "status": "failed" if failing else "ok",
+            "error": {"type": "RuntimeError", "message": "boom"} if failing else None,
             "metrics": {"acc_avg": 0.5},
             "best_epoch": 1,
             "timings": {"total_seconds": 0.0},
@@ -175,7 +176,7 @@ def test_resume_runs_only_what_is_missing_failed_or_changed(fake_jobs: list[str]
 
 def test_failed_results_run_again(fake_jobs: list[str], tmp_path: Path) -> None:
     out = tmp_path / "results"
-    broken = dataclasses.replace(SUITE.models[1], options={**SUITE.models[1].options, "fail": True})
+    broken = dataclasses.replace(SUITE.models[1], options={**SUITE.models[1].options, "drop_rate": 0.5})
     suite = dataclasses.replace(SUITE, models=(SUITE.models[0], broken), seeds=(0,))
     assert _run(suite, out) == 1 and fake_jobs == ["ssn__seed0", "single-derm__seed0"]
     fake_jobs.clear()
