@@ -58,6 +58,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _command(report, "ssnbench.report:cli_report")
 
+    predict = sub.add_parser(
+        "predict",
+        help="apply a run's checkpoint to a Derm7pt split or to image pairs; writes a CSV",
+        description="Per-case probabilities and predicted classes of all 8 labels, as CSV. Example: "
+        "ssnbench predict results/spc/ssn-r50-prior__seed0.safetensors --data $DERM7PT_ROOT --split test",
+    )
+    predict.add_argument("checkpoint", metavar="CHECKPOINT",
+                         help="<job>.safetensors (or its .checkpoint.json) written by `ssnbench run`")
+    predict.add_argument("--data", default=None, metavar="RELEASE",
+                         help="a release_v0 folder (or the folder holding it)")
+    predict.add_argument("--split", choices=["train", "valid", "test", "all"], default="test",
+                         help="split of --data to predict (default: test)")
+    predict.add_argument("--pairs", default=None, metavar="CSV",
+                         help="CSV with columns clinic,derm[,case_id] (paths relative to the CSV)")
+    predict.add_argument("--out", default=None, metavar="CSV",
+                         help="output CSV (default: <job>.predictions.<split or pairs name>.csv "
+                              "beside the checkpoint)")
+    predict.add_argument("--tta", choices=["none", "flips"], default=None,
+                         help="test-time augmentation (default: as the run's `eval.tta`)")
+    predict.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    _command(predict, "ssnbench.predict:cli")
+
     data = sub.add_parser("data", help="make or check a Derm7pt release_v0 folder")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     make = data_sub.add_parser("make", help="write a synthetic dataset in the exact release_v0 layout")

@@ -74,6 +74,13 @@ class ProfileSpec:
 
 
 @dataclass(frozen=True)
+class EvalSpec:
+    """How the chosen checkpoint is evaluated on test (recorded in every result and the report)."""
+
+    tta: str | None = None  # test-time augmentation: null (none) or "flips" (train.TTA_VIEWS)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One model of the suite: a free-text name, a registry arch and its plain options."""
 
@@ -100,6 +107,8 @@ class Suite:
     profile: ProfileSpec = ProfileSpec()
     description: str = ""
     reference: str | None = None  # model name compared (paired) against every other model
+    eval: EvalSpec = EvalSpec()
+    checkpoint: bool = True  # write <out>/<job>.safetensors + .checkpoint.json (ssnbench predict)
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
@@ -289,7 +298,10 @@ _TOP_KEYS = (
     "model_defaults",
     "profile",
     "reference",
+    "eval",
+    "checkpoint",
 )
+TTA_CHOICES = ("none", "flips")
 
 
 def _dataset(ctx: _Ctx, raw: Any, base_dir: Path, check_data: bool) -> DatasetSpec:
@@ -387,6 +399,17 @@ def _profile(ctx: _Ctx, raw: Any) -> ProfileSpec:
             else _int(ctx, p, value, minimum=0 if key == "warmup" else 1, bounded=True)
         )
     return ProfileSpec(**kw)
+
+
+def _eval(ctx: _Ctx, raw: Any) -> EvalSpec:
+    if raw is None:
+        return EvalSpec()
+    _mapping(ctx, "eval", raw, tuple(EvalSpec.__dataclass_fields__))
+    tta = raw.get("tta")
+    if tta is None or tta is False:
+        return EvalSpec()
+    tta = _choice(ctx, "eval.tta", tta, TTA_CHOICES)
+    return EvalSpec(tta=None if tta == "none" else tta)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -601,6 +624,8 @@ def _load(p: Path, raw: Any, check_models: bool, check_data: bool) -> Suite:
     dataset = _dataset(ctx, raw["dataset"], p.parent, check_data)
     train = _train(ctx, raw.get("train"))
     profile = _profile(ctx, raw.get("profile"))
+    eval_spec = _eval(ctx, raw.get("eval"))
+    checkpoint = _bool(ctx, "checkpoint", raw["checkpoint"]) if "checkpoint" in raw else True
 
     seeds_raw = raw.get("seeds", [0])
     if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool):
@@ -645,4 +670,6 @@ def _load(p: Path, raw: Any, check_models: bool, check_data: bool) -> Suite:
         profile=profile,
         description=description.strip(),
         reference=reference,
+        eval=eval_spec,
+        checkpoint=checkpoint,
     )

@@ -45,7 +45,8 @@ def load_results(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
     folder = Path(results_dir)
     if not folder.is_dir():
         raise UserError(f"{folder}: no such results folder (run `ssnbench run SUITE` first)")
-    records = [r for r in (read_result(p) for p in sorted(folder.glob("*.json"))) if r is not None]
+    files = [p for p in sorted(folder.glob("*.json")) if not p.name.endswith(".checkpoint.json")]
+    records = [r for r in (read_result(p) for p in files) if r is not None]
     if not records:
         raise UserError(
             f"{folder}: no result files in it (expected <model>__seed<k>.json from `ssnbench run`)"
@@ -213,6 +214,7 @@ def summarize(records: list[dict]) -> dict[str, Any]:
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": latest.get("dataset"),
         "train": latest.get("train"),
+        "eval": latest.get("eval"),
         "environment": latest.get("environment"),
         "commits": commits,
         "devices": devices,
@@ -352,6 +354,15 @@ def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
             f"{train.get('warmup_epochs')} warm-up epochs, grad clip {train.get('grad_clip')}, "
             f"AMP {'bf16 on CUDA (off on CPU)' if train.get('amp') else 'off'}, "
             f"checkpoint: best validation average accuracy",
+        ],
+        [
+            "test evaluation",
+            "test-time augmentation: "
+            + (
+                f"{(summary.get('eval') or {}).get('tta')} (probabilities averaged over the views)"
+                if (summary.get("eval") or {}).get("tta")
+                else "none"
+            ),
         ],
         ["seeds", ", ".join(str(s) for s in sorted({r["seed"] for r in summary["runs"]}))],
         [

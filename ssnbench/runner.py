@@ -133,6 +133,8 @@ def job_hash(suite: Suite, job: Job) -> str:
         "train": {k: v for k, v in asdict(suite.train).items() if k not in speed_only},
         "dataset": asdict(suite.dataset),
     }
+    if suite.eval.tta:  # only when set, so results written before `eval:` existed stay valid
+        key["eval"] = asdict(suite.eval)
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -376,9 +378,11 @@ def run_job(
     env: dict[str, Any],
     profile: dict[str, Any] | None,
     progress: Progress,
+    out: Path | None = None,
 ) -> dict[str, Any]:
     """Train/evaluate one (model, seed) and return its result record (never raises for a model's
-    failure: the error is recorded; KeyboardInterrupt propagates)."""
+    failure: the error is recorded; KeyboardInterrupt propagates). With `out`, the chosen weights are
+    saved there as a checkpoint (unless the suite says `checkpoint: false`)."""
     from ssnbench.data.derm7pt import LABELS  # noqa: PLC0415
     from ssnbench.losses import MultiHeadLoss, class_weights_from_labels, describe_combination  # noqa: PLC0415
     from ssnbench.models.registry import build_model  # noqa: PLC0415
@@ -398,6 +402,7 @@ def run_job(
         "status": "running",
         "error": None,
         "train": asdict(suite.train),
+        "eval": asdict(suite.eval),
         "dataset": data.info,
         "environment": env,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -427,8 +432,8 @@ def run_job(
             device,
             job.seed,
             on_epoch=lambda row: progress.epoch_end(job.id, row, suite.train.epochs),
+            tta=suite.eval.tta,
         )
-        del model
         test = result.test
         pred = np.stack([p.argmax(axis=1) for p in test.probs], axis=1)
         record.update(
@@ -446,6 +451,9 @@ def run_job(
             },
             timings={"train_seconds": result.train_seconds, "test_seconds": result.test_seconds},
         )
+        if suite.checkpoint and out is not None:
+            record["checkpoint"] = write_checkpoint(model, suite, job, record, out)
+        del model
         if profile is None:
             try:
                 profile = profile_model(job.model, suite, device)
@@ -470,6 +478,58 @@ def run_job(
     record.setdefault("timings", {})["total_seconds"] = time.perf_counter() - t0
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return record
+
+
+def data_config(suite: Suite) -> dict[str, Any]:
+    """How images reach the model: what a checkpoint needs to be applied to new images as in its run."""
+    from ssnbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: PLC0415
+
+    spec = suite.dataset
+    return {
+        "image_size": spec.image_size,
+        "border_crop": spec.border_crop,
+        "drop_no_clinic": spec.drop_no_clinic,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "interpolation": "bilinear",
+        "eval_batch_size": suite.train.eval_batch_size or 2 * suite.train.batch_size,
+        "amp": suite.train.amp,  # CUDA only, as in training
+        "channels_last": suite.train.channels_last,
+        "tta": suite.eval.tta,
+    }
+
+
+def write_checkpoint(
+    model: torch.nn.Module, suite: Suite, job: Job, record: dict[str, Any], out: Path
+) -> dict[str, Any]:
+    """Save the job's chosen weights and the JSON `ssnbench predict` needs; returns what the result
+    file records about it (file names and sha256)."""
+    from ssnbench.checkpoint import checkpoint_paths, save_checkpoint  # noqa: PLC0415
+    from ssnbench.data.derm7pt import CLASSES, LABELS  # noqa: PLC0415
+
+    weights, meta_path = checkpoint_paths(out, job.id)
+    meta = save_checkpoint(
+        model,
+        weights,
+        {
+            "job": job.id,
+            "suite": suite.name,
+            "suite_file": suite.path,
+            "seed": job.seed,
+            "model": job.model.to_dict(),
+            "heads": record["heads"],
+            "inference_weights": record["inference_weights"],
+            "inference_scheme": record["inference_scheme"],
+            "labels": list(LABELS),
+            "classes": {k: list(v) for k, v in CLASSES.items()},
+            "data": data_config(suite),
+            "dataset": {k: record["dataset"].get(k) for k in ("kind", "root", "splits")},
+            "metrics": {"test": record["metrics"], "valid": record["valid_metrics"]},
+            "best_epoch": record["best_epoch"],
+            "environment": record["environment"],
+        },
+    )
+    return {"weights": weights.name, "meta": meta_path.name, "sha256": meta["weights_sha256"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,7 +635,9 @@ def _run(
                     profiles.setdefault(name, p)
             for n, job in enumerate(todo, 1):
                 progress.job_start(n, len(todo), job.id, suite.train.epochs)
-                record = run_job(suite, job, data, device, env, profiles.get(job.model.name), progress)
+                record = run_job(
+                    suite, job, data, device, env, profiles.get(job.model.name), progress, out
+                )
                 if record["status"] == "ok" and "error" not in record.get("profile", {}):
                     profiles.setdefault(job.model.name, record["profile"])
                 write_json_atomic(result_path(out, job), record)

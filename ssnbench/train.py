@@ -118,45 +118,75 @@ def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextMana
     return contextlib.nullcontext()
 
 
-def _to(batch: dict[str, Any], device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
+def _to(batch: dict[str, Any], device: torch.device, channels_last: bool) -> tuple[Any, ...]:
+    """(clinic, derm, labels) on `device`; labels are None for unlabelled pairs (`predict --pairs`)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     clinic = batch["clinic"].to(device, non_blocking=True, memory_format=fmt)
     derm = batch["derm"].to(device, non_blocking=True, memory_format=fmt)
-    return clinic, derm, batch["labels"].to(device, non_blocking=True)
+    labels = batch.get("labels")
+    return clinic, derm, None if labels is None else labels.to(device, non_blocking=True)
+
+
+#: Test-time augmentations (`eval: {tta: ...}` in a suite): name -> the views averaged, each a
+#: function of an image batch. `flips` (as FusionM4Net): identity, horizontal, vertical and both;
+#: both images of a case get the same flip.
+TTA_VIEWS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], ...]] = {
+    "flips": (
+        lambda x: x,
+        lambda x: x.flip(-1),
+        lambda x: x.flip(-2),
+        lambda x: x.flip(-2, -1),
+    ),
+}
 
 
 @torch.no_grad()
 def predict(
     model: nn.Module,
     loader: DataLoader,
-    loss_fn: Callable,
+    loss_fn: Callable | None,
     inference_weights: dict[str, float],
     device: torch.device,
     amp: bool = False,
     channels_last: bool = False,
+    tta: str | None = None,
 ) -> Predictions:
-    """Run a split through the model; heads are combined with `inference_weights`."""
+    """Run a split through the model; heads are combined with `inference_weights`.
+
+    `tta` (a `TTA_VIEWS` name) averages the combined probabilities over its views; the loss is the
+    plain view's. Without `loss_fn`, or for unlabelled batches, the loss is NaN and labels are empty.
+    """
     from ssnbench.losses import combine_probabilities  # noqa: PLC0415
 
+    views = TTA_VIEWS[tta] if tta else (None,)
     model.eval()
     probs: list[list[torch.Tensor]] = []
     labels, case_ids = [], []
     loss_sum, count = 0.0, 0
     for batch in loader:
         clinic, derm, y = _to(batch, device, channels_last)
-        with _autocast(device, amp):
-            outputs = model(clinic, derm)
-        total, _ = loss_fn(outputs, y)
-        loss_sum += float(total) * len(y)
-        count += len(y)
-        combined = combine_probabilities(outputs, inference_weights)
-        probs.append([p.float().cpu() for p in combined])
-        labels.append(y.cpu())
-        case_ids.extend(str(c) for c in batch.get("case_id", range(count - len(y), count)))
+        n = len(clinic)
+        combined: list[torch.Tensor] | None = None
+        for view in views:
+            with _autocast(device, amp):
+                outputs = model(clinic, derm) if view is None else model(view(clinic), view(derm))
+            if combined is None and loss_fn is not None and y is not None:
+                total, _ = loss_fn(outputs, y)
+                loss_sum += float(total) * n
+            p = [q.float() for q in combine_probabilities(outputs, inference_weights)]
+            combined = p if combined is None else [a + b for a, b in zip(combined, p, strict=True)]
+        assert combined is not None
+        probs.append([(p / len(views)).cpu() for p in combined])
+        if y is not None:
+            labels.append(y.cpu())
+        count += n
+        case_ids.extend(str(c) for c in batch.get("case_id", range(count - n, count)))
     per_label = [torch.cat([b[i] for b in probs]).numpy() for i in range(len(probs[0]))]
-    return Predictions(
-        per_label, torch.cat(labels).numpy().astype(np.int64), case_ids, loss_sum / max(1, count)
+    targets = (
+        torch.cat(labels).numpy().astype(np.int64) if labels else np.zeros((0, len(per_label)), np.int64)
     )
+    loss = loss_sum / max(1, count) if loss_fn is not None and labels else float("nan")
+    return Predictions(per_label, targets, case_ids, loss)
 
 
 def _grad_norm(model: nn.Module) -> torch.Tensor:
@@ -182,8 +212,10 @@ def fit(
     device: torch.device,
     seed: int,
     on_epoch: EpochCallback | None = None,
+    tta: str | None = None,
 ) -> FitResult:
-    """Train on `train`, select on `valid` (average accuracy), evaluate `test` once.
+    """Train on `train`, select on `valid` (average accuracy), evaluate `test` once (with the
+    test-time augmentation `tta`, a `TTA_VIEWS` name, when given; selection never uses it).
 
     Raises NonFiniteLossError when the loss, the gradients or the outputs stop being finite; the
     runner records it.
@@ -277,7 +309,7 @@ def fit(
         assert best_state is not None
         model.load_state_dict(best_state)
         t_test = time.perf_counter()
-        test = predict(model, test_loader, loss_fn, inference_weights, device, amp, channels_last)
+        test = predict(model, test_loader, loss_fn, inference_weights, device, amp, channels_last, tta)
         _check_outputs(test, f"epoch {best_epoch} (test, chosen checkpoint)")
         test_metrics = {k: float(v) for k, v in evaluate(test.probs, test.labels).items()}
         test_seconds = time.perf_counter() - t_test

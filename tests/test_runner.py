@@ -40,7 +40,12 @@ def suite_file(tmp_path: Path, cache: Path) -> Iterator[Path]:
 
 
 def _mtimes(out: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in sorted(out.glob("*.json"))}
+    """Result files only (a run also writes <job>.checkpoint.json beside them)."""
+    return {
+        p.name: p.stat().st_mtime_ns
+        for p in sorted(out.glob("*.json"))
+        if not p.name.endswith(".checkpoint.json")
+    }
 
 
 def test_run_resume_force_and_report(suite_file: Path, tmp_path: Path, capsys) -> None:
@@ -135,7 +140,12 @@ def test_ctrl_c_leaves_no_partial_file_and_exits_130(
     out = tmp_path / "results"
     code = cli.main(["run", str(suite_file), "--out", str(out), "--report-dir", str(tmp_path / "r")])
     assert code == 130
-    assert [p.name for p in out.iterdir()] == ["ssn__seed0.json"]  # finished job kept, no temp files
+    # the finished job's files kept (result and checkpoint), nothing of the interrupted one, no temp files
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ssn__seed0.checkpoint.json",
+        "ssn__seed0.json",
+        "ssn__seed0.safetensors",
+    ]
     assert read_result(out / "ssn__seed0.json")["status"] == "ok"
 
 

@@ -306,23 +306,27 @@ class Derm7ptDataset(Dataset):
     """
 
     def __init__(self, split: str, cases: list[Case], image_size: int, border_crop: int,
-                 normalize: bool, augment, cache: bool, root: Path | None = None) -> None:
-        from ssnbench.data.transforms import PairTransform, load_pair_images
+                 normalize: bool, augment, cache: bool, root: Path | None = None,
+                 interpolation: str = "bilinear", mean: tuple[float, ...] | None = None,
+                 std: tuple[float, ...] | None = None) -> None:
+        from ssnbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, PairTransform, load_pair_images
 
         self.split = split
         self.case_ids = [c.case_id for c in cases]
         self.paths = [(c.clinic, c.derm) for c in cases]
         self.image_size = image_size
         self.border_crop = border_crop
+        self.interpolation = interpolation
         self.root = root
         self._labels = torch.tensor([c.labels for c in cases], dtype=torch.long).reshape(-1, len(LABELS))
         if isinstance(augment, PairTransform):
             self.transform = augment
         else:
-            self.transform = PairTransform.default(augment=bool(augment), normalize=normalize)
+            self.transform = PairTransform(augment=bool(augment), normalize=normalize,
+                                           mean=tuple(mean or IMAGENET_MEAN), std=tuple(std or IMAGENET_STD))
         self.images: torch.Tensor | None = None
         if cache:
-            self.images = load_pair_images(self.paths, image_size, border_crop)
+            self.images = load_pair_images(self.paths, image_size, border_crop, interpolation=interpolation)
 
     @property
     def labels(self) -> torch.Tensor:
@@ -337,7 +341,8 @@ class Derm7ptDataset(Dataset):
             return self.images[index]
         from ssnbench.data.transforms import load_pair_images
 
-        return load_pair_images([self.paths[index]], self.image_size, self.border_crop, workers=1)[0]
+        return load_pair_images([self.paths[index]], self.image_size, self.border_crop, workers=1,
+                                interpolation=self.interpolation)[0]
 
     def __getitem__(self, index: int) -> dict:
         clinic, derm = self.transform(self.pair(index))
@@ -347,10 +352,13 @@ class Derm7ptDataset(Dataset):
 
 def make_datasets(root_or_release: str | Path | Release, image_size: int = 224, border_crop: int = 25,
                   normalize: bool = True, augment: bool | object = True, drop_no_clinic: bool = False,
-                  cache: bool = True) -> dict[str, Derm7ptDataset]:
+                  cache: bool = True, interpolation: str = "bilinear",
+                  mean: tuple[float, ...] | None = None,
+                  std: tuple[float, ...] | None = None) -> dict[str, Derm7ptDataset]:
     """Train/valid/test datasets of a release; only `train` is augmented.
 
-    `augment` may be a bool or a `PairTransform` (then used for train as is).
+    `augment` may be a bool or a `PairTransform` (then used for train as is). `interpolation`
+    (resize), `mean` and `std` (normalisation) come from the backbone's timm data config.
     """
     if image_size <= 0 or border_crop < 0:
         raise DatasetError(f"image_size must be > 0 and border_crop >= 0, got {image_size} and {border_crop}")
@@ -363,7 +371,8 @@ def make_datasets(root_or_release: str | Path | Release, image_size: int = 224, 
     for split in SPLITS:
         cases = [release.cases[r] for r in release.splits[split]]
         out[split] = Derm7ptDataset(split, cases, image_size, border_crop, normalize,
-                                    augment if split == "train" else False, cache, release.root)
+                                    augment if split == "train" else False, cache, release.root,
+                                    interpolation=interpolation, mean=mean, std=std)
     return out
 
 

@@ -23,6 +23,13 @@ from ssnbench.errors import DatasetError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: timm's interpolation names (`pretrained_cfg["interpolation"]`) -> PIL resampling filters.
+INTERPOLATIONS: dict[str, int] = {
+    "nearest": Image.NEAREST,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "lanczos": Image.LANCZOS,
+}
 
 
 def check_image_header(path: Path, border_crop: int = 0) -> tuple[int, int]:
@@ -65,8 +72,15 @@ def _image_error(path: Path, err: BaseException) -> DatasetError:
     return DatasetError(f"{path}: image unreadable ({type(err).__name__}: {reason})")
 
 
-def load_image(path: Path, size: int, border_crop: int) -> torch.Tensor:
-    """Decode, crop `border_crop` px from each side, resize to size x size: uint8 [3, S, S].
+def pil_interpolation(name: str) -> int:
+    """PIL filter for a timm interpolation name (`random` and unknown names fall back to bicubic,
+    as timm's own `str_to_pil_interp` does for its eval transforms)."""
+    return INTERPOLATIONS.get(name, Image.BICUBIC)
+
+
+def load_image(path: Path, size: int, border_crop: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """Decode, crop `border_crop` px from each side, resize to size x size with `interpolation`
+    (a timm name: the model's pretrained config says which): uint8 [3, S, S].
 
     JPEG draft mode lets libjpeg decode at 1/2..1/8 scale when the target is much smaller, which
     makes caching the real release (768x512 images) several times faster.
@@ -80,7 +94,7 @@ def load_image(path: Path, size: int, border_crop: int) -> torch.Tensor:
             f = img.size[0] / w
             c = round(border_crop * f)
             box = (c, c, img.size[0] - c, img.size[1] - c)
-            img = img.crop(box).resize((size, size), Image.BILINEAR)  # crop first: no border bleed
+            img = img.crop(box).resize((size, size), pil_interpolation(interpolation))  # crop first
             array = np.asarray(img, dtype=np.uint8)
     except DatasetError:
         raise
@@ -90,7 +104,7 @@ def load_image(path: Path, size: int, border_crop: int) -> torch.Tensor:
 
 
 def load_pair_images(paths: Sequence[tuple[Path, Path]], size: int, border_crop: int,
-                     workers: int | None = None) -> torch.Tensor:
+                     workers: int | None = None, interpolation: str = "bilinear") -> torch.Tensor:
     """All (clinic, derm) pairs as one uint8 tensor [N, 2, 3, S, S]; decoding runs in threads
     (PIL releases the GIL while decoding)."""
     out = torch.empty((len(paths), 2, 3, size, size), dtype=torch.uint8)
@@ -98,7 +112,7 @@ def load_pair_images(paths: Sequence[tuple[Path, Path]], size: int, border_crop:
 
     def work(item: tuple[int, int, Path]) -> None:
         i, j, p = item
-        out[i, j] = load_image(p, size, border_crop)
+        out[i, j] = load_image(p, size, border_crop, interpolation)
 
     workers = workers or min(8, os.cpu_count() or 1)
     if workers <= 1 or len(flat) < 8:
@@ -121,7 +135,8 @@ class PairTransform:
     Geometric part (shared by both images): horizontal/vertical flip, a random multiple of 90°,
     then with probability `ssr_p` one shift-scale-rotate affine (bilinear, black fill), as in
     albumentations' ShiftScaleRotate used by the Derm7pt literature. Photometric part (per image):
-    brightness, contrast and saturation factors in [1 - x, 1 + x].
+    brightness, contrast and saturation factors in [1 - x, 1 + x]. Normalisation uses `mean`/`std`
+    (the backbone's pretrained config; ImageNet's by default).
     """
 
     augment: bool = True
@@ -137,6 +152,8 @@ class PairTransform:
     contrast: float = 0.2
     saturation: float = 0.0
     photometric: bool = True
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
     @classmethod
     def default(cls, augment: bool = True, normalize: bool = True) -> PairTransform:
@@ -182,5 +199,5 @@ class PairTransform:
             if self.photometric:
                 x = torch.stack([self.photometric_jitter(img, generator) for img in x])
         if self.normalize:
-            x = F.normalize(x, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+            x = F.normalize(x, mean=list(self.mean), std=list(self.std))
         return x[0], x[1]
