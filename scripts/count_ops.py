@@ -26,7 +26,7 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ssnbench.data.derm7pt import NUM_CLASSES
+from ssnbench.data.labels import NUM_CLASSES
 from ssnbench.losses import MultiHeadLoss, head_weights_for
 from ssnbench.models.registry import build_model
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ssnbench.data.derm7pt import CLASSES, LABELS
+from ssnbench.data.labels import CLASSES, LABELS
 from ssnbench.data.synthetic import plan_cases, render_pair
 
 

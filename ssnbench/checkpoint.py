@@ -11,11 +11,9 @@ weights strictly, so `ssnbench predict` reproduces the run's test predictions.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 
 from ssnbench.errors import UserError
+from ssnbench.results import replace_atomic, write_json_atomic
 
 __all__ = [
     "CHECKPOINT_SCHEMA",
@@ -57,20 +56,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _replace_atomic(write: Any, path: Path) -> None:
-    """`write(tmp_path)`, then rename onto `path`: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(model: nn.Module, weights_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Write the model's weights (safetensors) and `meta` (JSON) beside them; returns the meta written.
 
@@ -78,12 +63,10 @@ def save_checkpoint(model: nn.Module, weights_path: Path, meta: dict[str, Any]) 
     inference weights); the file name, sha256, schema and creation time are added here.
     The weights are written first, so a JSON on disk always describes a complete weights file.
     """
-    from safetensors.torch import save_model  # noqa: PLC0415
-
-    from ssnbench.runner import write_json_atomic  # noqa: PLC0415
+    from safetensors.torch import save_model
 
     weights_path = Path(weights_path)
-    _replace_atomic(lambda tmp: save_model(model, tmp), weights_path)
+    replace_atomic(weights_path, lambda tmp: save_model(model, str(tmp)))
     full = {
         "schema": CHECKPOINT_SCHEMA,
         "kind": _KIND,
@@ -139,7 +122,7 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 def _check_labels(meta: dict[str, Any], where: Path) -> None:
     """The checkpoint's label order must be this version's: predictions are written in that order."""
-    from ssnbench.data.derm7pt import CLASSES, LABELS  # noqa: PLC0415
+    from ssnbench.data.labels import CLASSES, LABELS
 
     if list(meta["labels"]) != list(LABELS) or {k: list(v) for k, v in meta["classes"].items()} != {
         k: list(v) for k, v in CLASSES.items()

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssnbench.data.derm7pt import LABELS, NUM_CLASSES
+from ssnbench.data.labels import LABELS, NUM_CLASSES
 from ssnbench.errors import ConfigError
 
 __all__ = [

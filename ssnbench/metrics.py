@@ -24,7 +24,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, roc_auc_score
 
-from ssnbench.data.derm7pt import CLASSES, LABELS, MEL_INDEX, NUM_CLASSES
+from ssnbench.data.labels import CLASSES, LABELS, MEL_INDEX, NUM_CLASSES
 
 __all__ = [
     "bootstrap_ci",

@@ -10,6 +10,7 @@ the true class when the data is labelled).
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ssnbench.data.labels import CLASSES, LABELS
 from ssnbench.errors import UserError
+from ssnbench.results import write_atomic
 
 __all__ = ["PairsDataset", "cli", "predict_checkpoint", "read_pairs", "write_predictions"]
 
@@ -136,8 +139,6 @@ def predict_checkpoint(
 
 def write_predictions(path: Path, preds: Any, paths: list[tuple[Path, Path]]) -> None:
     """One row per case: case_id, clinic, derm, then per label `<L>_pred`, [`<L>_true`], `<L>_p_<CLASS>`."""
-    from ssnbench.data.derm7pt import CLASSES, LABELS  # noqa: PLC0415
-
     labelled = len(preds.labels) == len(preds.case_ids) and len(preds.case_ids) > 0
     header = ["case_id", "clinic", "derm"]
     for label in LABELS:
@@ -145,26 +146,26 @@ def write_predictions(path: Path, preds: Any, paths: list[tuple[Path, Path]]) ->
         if labelled:
             header.append(f"{label}_true")
         header += [f"{label}_p_{c}" for c in CLASSES[label]]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        for n, case in enumerate(preds.case_ids):
-            clinic, derm = paths[n] if n < len(paths) else ("", "")
-            row: list[Any] = [case, str(clinic), str(derm)]
-            for i, label in enumerate(LABELS):
-                p = preds.probs[i][n]
-                row.append(CLASSES[label][int(np.argmax(p))])
-                if labelled:
-                    row.append(CLASSES[label][int(preds.labels[n, i])])
-                row += [f"{float(x):.6f}" for x in p]
-            writer.writerow(row)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    for n, case in enumerate(preds.case_ids):
+        clinic, derm = paths[n] if n < len(paths) else ("", "")
+        row: list[Any] = [case, str(clinic), str(derm)]
+        for i, label in enumerate(LABELS):
+            p = preds.probs[i][n]
+            row.append(CLASSES[label][int(np.argmax(p))])
+            if labelled:
+                row.append(CLASSES[label][int(preds.labels[n, i])])
+            row += [f"{float(x):.6f}" for x in p]
+        writer.writerow(row)
+    write_atomic(path, buf.getvalue())
 
 
 def cli(args: Any) -> int:
     """`ssnbench predict CHECKPOINT (--data RELEASE [--split S] | --pairs CSV) [--out CSV]`."""
+    from ssnbench.env import pick_device
     from ssnbench.metrics import evaluate  # noqa: PLC0415
-    from ssnbench.runner import pick_device  # noqa: PLC0415
 
     if (args.data is None) == (args.pairs is None):
         raise UserError("predict: give exactly one of --data RELEASE or --pairs CSV")
@@ -184,7 +185,7 @@ def cli(args: Any) -> int:
     write_predictions(out, preds, paths)
     print(f"{len(preds.case_ids)} cases -> {out}")
     if len(preds.labels):
-        from ssnbench.data.derm7pt import LABELS  # noqa: PLC0415
+        from ssnbench.data.labels import LABELS
 
         m = evaluate(preds.probs, preds.labels)
         accs = " ".join(f"{k} {m[f'acc_{k}']:.4f}" for k in LABELS)

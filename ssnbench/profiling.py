@@ -221,7 +221,7 @@ class BenchLoss:
         return target
 
     def __call__(self, out: Any) -> torch.Tensor:
-        from ssnbench.data.derm7pt import LABELS  # noqa: PLC0415
+        from ssnbench.data.labels import LABELS
         from ssnbench.losses import HEADS, MultiHeadLoss, head_weights_for  # noqa: PLC0415
 
         heads_output = isinstance(out, dict) and out and set(out) <= set(HEADS)

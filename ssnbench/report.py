@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shlex
-import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from ssnbench.data.labels import LABELS
 from ssnbench.errors import UserError
-from ssnbench.runner import json_safe, unpack_classes
+from ssnbench.results import json_safe, scan_results, unpack_classes, write_atomic
 
-LABELS = ("DIAG", "PN", "BWV", "VS", "PIG", "STR", "DaG", "RS")
 DIAG_KEYS = ("diag_balanced_acc", "diag_auc_macro", "mel_sensitivity", "mel_specificity")
 SYNTHETIC_BANNER = (
     "> **⚠ SYNTHETIC DATA.** Every number in this report comes from ssnbench's generated stand-in for "
@@ -40,13 +39,10 @@ SYNTHETIC_BANNER = (
 
 def load_results(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Every result record in a folder (the runner's `<model>__seed<k>.json` files)."""
-    from ssnbench.runner import read_result  # noqa: PLC0415
-
     folder = Path(results_dir)
     if not folder.is_dir():
         raise UserError(f"{folder}: no such results folder (run `ssnbench run SUITE` first)")
-    files = [p for p in sorted(folder.glob("*.json")) if not p.name.endswith(".checkpoint.json")]
-    records = [r for r in (read_result(p) for p in files) if r is not None]
+    records, _unreadable = scan_results(folder)  # unreadable files are skipped, as always
     if not records:
         raise UserError(
             f"{folder}: no result files in it (expected <model>__seed<k>.json from `ssnbench run`)"
@@ -89,7 +85,7 @@ def case_correct(record: dict, label_index: int) -> np.ndarray:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    from ssnbench.metrics import mean_std  # noqa: PLC0415
+    from ssnbench.metrics import mean_std
 
     m, s = mean_std(values)
     return float(m), float(s)
@@ -97,7 +93,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def _ci(scores: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """95% bootstrap CI of the mean of per-case scores."""
-    from ssnbench.metrics import bootstrap_ci  # noqa: PLC0415
+    from ssnbench.metrics import bootstrap_ci
 
     lo, hi = bootstrap_ci(scores, seed=seed)
     return float(lo), float(hi)
@@ -105,7 +101,7 @@ def _ci(scores: np.ndarray, seed: int = 0) -> tuple[float, float]:
 
 def _paired(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, float]:
     """Paired bootstrap of mean(a) - mean(b) on the same cases."""
-    from ssnbench.metrics import paired_bootstrap  # noqa: PLC0415
+    from ssnbench.metrics import paired_bootstrap
 
     out = paired_bootstrap(a, b, seed=seed)
     return {k: float(v) for k, v in dict(out).items()}
@@ -599,10 +595,10 @@ def _options(opts: dict) -> str:
 
 
 def _figures(summary: dict, records: list[dict], folder: Path) -> dict[str, str]:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
     synthetic = (summary.get("dataset") or {}).get("kind") == "SYNTHETIC"
@@ -671,25 +667,13 @@ def _figures(summary: dict, records: list[dict], folder: Path) -> dict[str, str]
 
 
 def _save(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, metadata={"Software": None})
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    write_atomic(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
 # Entry points
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _csv(rows: list[dict]) -> str:
@@ -718,10 +702,10 @@ def write_report(
     if results_dir is not None:
         summary["results_dir"] = str(results_dir)
     figures = _figures(summary, records, folder / "figures")
-    _write_text(folder / "results.json", json.dumps(json_safe(summary), indent=1, default=str) + "\n")
-    _write_text(folder / "results.csv", _csv(summary["runs"]))
+    write_atomic(folder / "results.json", json.dumps(json_safe(summary), indent=1, default=str) + "\n")
+    write_atomic(folder / "results.csv", _csv(summary["runs"]))
     path = folder / "report.md"
-    _write_text(path, render(summary, figures))
+    write_atomic(path, render(summary, figures))
     return path
 
 

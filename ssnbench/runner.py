@@ -9,15 +9,10 @@ about suites; training, metrics, profiling and the report take plain data.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import math
 import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -34,11 +29,18 @@ import torch  # noqa: E402
 
 from ssnbench import config as config_mod
 from ssnbench.config import DatasetSpec, ModelSpec, Suite
-from ssnbench.errors import UserError
+from ssnbench.data.labels import CLASSES, LABELS
+from ssnbench.env import environment, pick_device
 from ssnbench.progress import Progress, make_progress
-
-SCHEMA = 1
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from ssnbench.results import (
+    JobError,
+    Predictions,
+    ResultRecord,
+    pack_classes,
+    pack_probs,
+    read_result,
+    write_result,
+)
 
 
 @dataclass(frozen=True)
@@ -59,65 +61,6 @@ def plan(suite: Suite) -> list[Job]:
 
 # ---------------------------------------------------------------------------------------------
 # Files
-
-
-def json_safe(obj: Any) -> Any:
-    """NaN/inf -> null (an undefined metric, e.g. the AUC of a class absent from the test split), so
-    result files are standard JSON that jq or a browser also read."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file,
-    and an interrupt leaves at most a stray temp file that we remove."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(json_safe(obj), fh, indent=1, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def read_result(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None
-
-
-def pack_classes(classes: np.ndarray) -> list[str]:
-    """Per case, one digit per label ("20100121"): 395 cases stay 395 short lines in a result file."""
-    return ["".join(str(int(c)) for c in row) for row in np.asarray(classes)]
-
-
-def unpack_classes(packed: list) -> np.ndarray:
-    """Inverse of `pack_classes` (also accepts plain nested lists)."""
-    return np.asarray(
-        [[int(c) for c in row] if isinstance(row, str) else row for row in packed], dtype=np.int64
-    )
-
-
-def pack_probs(probs: np.ndarray) -> list[str]:
-    """Per case, space-separated probabilities with 4 decimals (enough for AUC on 395 cases)."""
-    return [" ".join(f"{p:.4f}" for p in row) for row in np.asarray(probs, dtype=np.float64)]
-
-
-def unpack_probs(packed: list) -> np.ndarray:
-    return np.asarray([[float(x) for x in row.split()] if isinstance(row, str) else row for row in packed])
 
 
 def result_path(out: Path, job: Job) -> Path:
@@ -142,52 +85,6 @@ def job_hash(suite: Suite, job: Job) -> str:
 # Environment and data
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Everything needed to tell two result files' numbers apart (versions, device, commit)."""
-    import timm  # noqa: PLC0415
-
-    try:
-        import triton  # noqa: PLC0415
-
-        triton_version = triton.__version__
-    except Exception:  # noqa: BLE001 - absent or broken on CPU-only machines
-        triton_version = None
-    commit = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"CPU: {_cpu_name()} ({torch.get_num_threads()} threads)"
-    return {
-        "git_commit": commit,
-        "git_dirty": bool(dirty) if dirty is not None else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "triton": triton_version,
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "device": device.type,
-        "device_name": name,
-        "platform": platform.platform(),
-    }
-
-
 def cache_root() -> Path:
     """Folder of generated synthetic data: SSNBENCH_CACHE (read once by ssnbench.kernels.knobs)."""
     from ssnbench.kernels import knobs
@@ -201,7 +98,7 @@ def synthetic_root_path(spec: DatasetSpec, cache: Path | None = None) -> Path:
     The key includes the generator's source, so a changed generator produces a new dataset instead
     of silently reusing the old one.
     """
-    from ssnbench.data import synthetic  # noqa: PLC0415
+    from ssnbench.data import synthetic
 
     cache = cache or cache_root()
     source = Path(synthetic.__file__).read_bytes()
@@ -217,7 +114,7 @@ def synthetic_root(spec: DatasetSpec, cache: Path | None = None, progress: Progr
     mistaken for a finished one; the temp folders of a killed generation are removed here, by the
     next run (synthetic.clean_stale_dirs).
     """
-    from ssnbench.data import synthetic  # noqa: PLC0415
+    from ssnbench.data import synthetic
 
     cache = cache or cache_root()
     final = synthetic_root_path(spec, cache)
@@ -242,8 +139,6 @@ def synthetic_root(spec: DatasetSpec, cache: Path | None = None, progress: Progr
 
 def majority_baseline(train_labels: np.ndarray, test_labels: np.ndarray) -> dict[str, Any]:
     """Predict each label's most frequent TRAIN class for every test case: the floor to beat."""
-    from ssnbench.data.derm7pt import CLASSES, LABELS  # noqa: PLC0415
-
     accs, classes = {}, {}
     for i, label in enumerate(LABELS):
         counts = np.bincount(train_labels[:, i], minlength=len(CLASSES[label]))
@@ -262,7 +157,7 @@ class Data:
 
 def open_data(spec: DatasetSpec, progress: Progress | None = None, cache: Path | None = None) -> Data:
     """Load (generating if synthetic) the release once per suite; every job reuses the datasets."""
-    from ssnbench.data.derm7pt import load_release, make_datasets  # noqa: PLC0415
+    from ssnbench.data.derm7pt import load_release, make_datasets
 
     if spec.kind == "synthetic":
         t0 = time.perf_counter()
@@ -317,7 +212,7 @@ def heads_of(model: torch.nn.Module, image_size: int) -> list[str]:
 
 def resolve_weights(spec: ModelSpec, heads: list[str]) -> tuple[dict[str, float], dict[str, float], str]:
     """(loss head weights, inference head weights, inference scheme) for this model's heads."""
-    from ssnbench.losses import head_weights_for  # noqa: PLC0415
+    from ssnbench.losses import head_weights_for
 
     def _only(weights: dict[str, float] | None) -> dict[str, float] | None:
         return None if weights is None else {k: v for k, v in weights.items() if k in heads}
@@ -339,8 +234,8 @@ def profile_model(spec: ModelSpec, suite: Suite, device: torch.device) -> dict[s
 
     On a freshly built model so the measurement never disturbs a seeded training run.
     """
-    from ssnbench import profiling  # noqa: PLC0415
-    from ssnbench.models.registry import build_model  # noqa: PLC0415
+    from ssnbench import profiling
+    from ssnbench.models.registry import build_model
 
     model = build_model(spec.arch, **spec.options)
     size = suite.dataset.image_size
@@ -380,44 +275,42 @@ def run_job(
     progress: Progress,
     out: Path | None = None,
 ) -> dict[str, Any]:
-    """Train/evaluate one (model, seed) and return its result record (never raises for a model's
-    failure: the error is recorded; KeyboardInterrupt propagates). With `out`, the chosen weights are
-    saved there as a checkpoint (unless the suite says `checkpoint: false`)."""
-    from ssnbench.data.derm7pt import LABELS  # noqa: PLC0415
-    from ssnbench.losses import MultiHeadLoss, class_weights_from_labels, describe_combination  # noqa: PLC0415
-    from ssnbench.models.registry import build_model  # noqa: PLC0415
-    from ssnbench.train import fit, seed_everything  # noqa: PLC0415
+    """Train/evaluate one (model, seed) and return its result record as written to its file (never
+    raises for a model's failure: the error is recorded; KeyboardInterrupt propagates). With `out`,
+    the chosen weights are saved there as a checkpoint (unless the suite says `checkpoint: false`)."""
+    # imported here, not at the top: tests replace these functions on their modules
+    from ssnbench.losses import MultiHeadLoss, class_weights_from_labels, describe_combination
+    from ssnbench.models.registry import build_model
+    from ssnbench.train import fit, seed_everything
 
-    record: dict[str, Any] = {
-        "schema": SCHEMA,
-        "suite": suite.name,
-        "suite_file": suite.path,
-        "suite_description": suite.description,
-        "reference": suite.reference,
-        "job": job.id,
-        "job_hash": job_hash(suite, job),
-        "model_index": job.model_index,
-        "model": job.model.to_dict(),
-        "seed": job.seed,
-        "status": "running",
-        "error": None,
-        "train": asdict(suite.train),
-        "eval": asdict(suite.eval),
-        "dataset": data.info,
-        "environment": env,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    record = ResultRecord(
+        suite=suite.name,
+        suite_file=suite.path,
+        suite_description=suite.description,
+        reference=suite.reference,
+        job=job.id,
+        job_hash=job_hash(suite, job),
+        model_index=job.model_index,
+        model=job.model.to_dict(),
+        seed=job.seed,
+        status="running",
+        train=asdict(suite.train),
+        eval=asdict(suite.eval),
+        dataset=data.info,
+        environment=env,
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
     t0 = time.perf_counter()
     try:
         seed_everything(job.seed)
         model = build_model(job.model.arch, **job.model.options).to(device)
         heads = heads_of(model, suite.dataset.image_size)
         loss_w, infer_w, scheme = resolve_weights(job.model, heads)
-        record["heads"] = heads
-        record["loss_weights"] = loss_w
-        record["inference_weights"] = infer_w
-        record["inference_scheme"] = scheme
-        record["inference_description"] = describe_combination(heads, infer_w)
+        record.heads = heads
+        record.loss_weights = loss_w
+        record.inference_weights = infer_w
+        record.inference_scheme = scheme
+        record.inference_description = describe_combination(heads, infer_w)
         class_w = None
         if suite.train.class_weights:
             class_w = class_weights_from_labels(torch.as_tensor(np.asarray(data.datasets["train"].labels)))
@@ -436,53 +329,48 @@ def run_job(
         )
         test = result.test
         pred = np.stack([p.argmax(axis=1) for p in test.probs], axis=1)
-        record.update(
-            status="ok",
-            metrics=result.test_metrics,
-            valid_metrics=result.best_valid,
-            best_epoch=result.best_epoch,
-            history=result.history,
-            predictions={
-                "labels_order": list(LABELS),
-                "case_ids": test.case_ids,
-                "labels": pack_classes(test.labels),
-                "pred": pack_classes(pred),
-                "diag_probs": pack_probs(test.probs[0]),
-            },
-            timings={"train_seconds": result.train_seconds, "test_seconds": result.test_seconds},
+        record.status = "ok"
+        record.metrics = result.test_metrics
+        record.valid_metrics = result.best_valid
+        record.best_epoch = result.best_epoch
+        record.history = result.history
+        record.predictions = Predictions(
+            labels_order=list(LABELS),
+            case_ids=test.case_ids,
+            labels=pack_classes(test.labels),
+            pred=pack_classes(pred),
+            diag_probs=pack_probs(test.probs[0]),
         )
+        record.timings = {"train_seconds": result.train_seconds, "test_seconds": result.test_seconds}
         if suite.checkpoint and out is not None:
-            record["checkpoint"] = write_checkpoint(model, suite, job, record, out)
+            record.checkpoint = write_checkpoint(model, suite, job, record.to_dict(), out)
         del model
         if profile is None:
             try:
                 profile = profile_model(job.model, suite, device)
             except Exception as err:  # noqa: BLE001 - the accuracy result stands without a profile
                 profile = {"error": f"{type(err).__name__}: {err}"}
-        record["profile"] = profile
+        record.profile = profile
     except KeyboardInterrupt:
         raise
     except Exception as err:  # noqa: BLE001 - isolation: one model's failure must not stop a suite
         oom = isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-        record.update(
-            status="failed",
-            error={
-                "type": type(err).__name__,
-                "message": ("out of memory: " if oom else "")
-                + (str(err).strip().splitlines() or [""])[0][:500],
-                "traceback": traceback.format_exc(),
-            },
+        record.status = "failed"
+        record.error = JobError(
+            type=type(err).__name__,
+            message=("out of memory: " if oom else "") + (str(err).strip().splitlines() or [""])[0][:500],
+            traceback=traceback.format_exc(),
         )
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    record.setdefault("timings", {})["total_seconds"] = time.perf_counter() - t0
-    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return record
+    record.timings["total_seconds"] = time.perf_counter() - t0
+    record.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return record.to_dict()
 
 
 def data_config(suite: Suite) -> dict[str, Any]:
     """How images reach the model: what a checkpoint needs to be applied to new images as in its run."""
-    from ssnbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: PLC0415
+    from ssnbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     spec = suite.dataset
     return {
@@ -504,8 +392,7 @@ def write_checkpoint(
 ) -> dict[str, Any]:
     """Save the job's chosen weights and the JSON `ssnbench predict` needs; returns what the result
     file records about it (file names and sha256)."""
-    from ssnbench.checkpoint import checkpoint_paths, save_checkpoint  # noqa: PLC0415
-    from ssnbench.data.derm7pt import CLASSES, LABELS  # noqa: PLC0415
+    from ssnbench.checkpoint import checkpoint_paths, save_checkpoint
 
     weights, meta_path = checkpoint_paths(out, job.id)
     meta = save_checkpoint(
@@ -534,14 +421,6 @@ def write_checkpoint(
 
 # ---------------------------------------------------------------------------------------------
 # The suite
-
-
-def pick_device(name: str | None) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def run_suite(
@@ -575,7 +454,7 @@ def run_suite(
             todo.append(job)
 
     if preflight:
-        from ssnbench.preflight import Flight, run_preflight  # noqa: PLC0415
+        from ssnbench.preflight import Flight, run_preflight
 
         run_preflight(
             Flight(
@@ -618,7 +497,7 @@ def _run(
                 f"dataset {data.info['kind']}: splits {data.info['splits']}, "
                 f"{suite.dataset.image_size}px, border crop {suite.dataset.border_crop}px"
             )
-            env = environment(device)
+            env = environment(device).to_dict()
             profiles: dict[str, dict] = {}
             names = {m.name for m in suite.models}
             for rec in existing.values():  # a profile measured earlier on this device is reused
@@ -640,7 +519,7 @@ def _run(
                 )
                 if record["status"] == "ok" and "error" not in record.get("profile", {}):
                     profiles.setdefault(job.model.name, record["profile"])
-                write_json_atomic(result_path(out, job), record)
+                write_result(result_path(out, job), record)
                 if record["status"] == "ok":
                     m = record["metrics"]
                     progress.job_end(
@@ -656,7 +535,7 @@ def _run(
         records = [r for r in (read_result(result_path(out, j)) for j in jobs) if r is not None]
         failed = [r for r in records if r.get("status") != "ok"]
         if report_dir is not None:
-            from ssnbench.report import write_report  # noqa: PLC0415
+            from ssnbench.report import write_report  # not at the top: most runs import no matplotlib
 
             path = write_report(records, report_dir, out)
             progress.log(f"report: {path}")

@@ -16,7 +16,8 @@ from ssnbench.config import load
 from ssnbench.data.derm7pt import LABELS
 from ssnbench.predict import predict_checkpoint
 from ssnbench.progress import Progress
-from ssnbench.runner import read_result, run_suite, synthetic_root
+from ssnbench.results import read_result
+from ssnbench.runner import run_suite, synthetic_root
 
 SUITE = """\
 name: tiny-ckpt

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from ssnbench.cli import main
-from ssnbench.data.derm7pt import CLASSES, LABELS, META_COLUMNS, RAW_VALUES, load_release
+from ssnbench.data.derm7pt import META_COLUMNS, RAW_VALUES, load_release
+from ssnbench.data.labels import CLASSES, LABELS
 from ssnbench.data.synthetic import DIAG_COUNTS, generate, plan_cases, render_pair
 from ssnbench.errors import DatasetError
 

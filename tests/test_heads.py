@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssnbench.data.derm7pt import NUM_CLASSES
+from ssnbench.data.labels import NUM_CLASSES
 from ssnbench.models.heads import MultiLabelHead
 
 

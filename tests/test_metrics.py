@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ssnbench.data.derm7pt import NUM_CLASSES
+from ssnbench.data.labels import NUM_CLASSES
 from ssnbench.metrics import bootstrap_ci, evaluate, mean_std, paired_bootstrap, per_case_accuracy
 
 

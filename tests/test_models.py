@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from ssnbench.data.derm7pt import NUM_CLASSES
+from ssnbench.data.labels import NUM_CLASSES
 from ssnbench.errors import ConfigError
 from ssnbench.models import arch_options, build_model, list_archs
 from ssnbench.models.backbone import auto_kv_reduction, create_backbone

@@ -19,6 +19,7 @@ from ssnbench import runner
 from ssnbench.config import DatasetSpec, ModelSpec, ProfileSpec, Suite, TrainSpec
 from ssnbench.losses import combine_probabilities
 from ssnbench.progress import Progress
+from ssnbench.results import SCHEMA_VERSION
 from ssnbench.runner import Job, job_hash, plan, resolve_weights, result_path, run_suite
 
 SPEED_ONLY = {"threads", "num_workers", "eval_batch_size"}  # TrainSpec fields that change speed only
@@ -113,11 +114,11 @@ def test_job_hash_ignores_what_does_not_change_a_result() -> None:
 def fake_jobs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     ran: list[str] = []
 
-    def run_job(suite, job, data, device, env, profile, progress) -> dict:
+    def run_job(suite, job, data, device, env, profile, progress, out=None) -> dict:
         ran.append(job.id)
         failing = job.model.options.get("drop_rate") == 0.5  # how the tests below mark a failing model
         return {
-            "schema": runner.SCHEMA,
+            "schema": SCHEMA_VERSION,
             "suite": suite.name,
             "job": job.id,
             "job_hash": job_hash(suite, job),
@@ -127,6 +128,7 @@ def fake_jobs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             "status": "failed" if failing else "ok",
             "error": {"type": "RuntimeError", "message": "boom"} if failing else None,
             "metrics": {"acc_avg": 0.5},
+            "predictions": {"case_ids": ["c0"], "labels": ["00000000"], "pred": ["00000000"]},
             "best_epoch": 1,
             "timings": {"total_seconds": 0.0},
             "profile": {"device": "cpu"},

@@ -207,7 +207,7 @@ def test_bench_loss_draws_targets_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_bench_loss_is_the_training_loss_for_head_outputs() -> None:
     """SSN/dual/single outputs get the real MultiHeadLoss (prior weights) on fixed in-range labels."""
-    from ssnbench.data.derm7pt import NUM_CLASSES
+    from ssnbench.data.labels import NUM_CLASSES
     from ssnbench.losses import MultiHeadLoss, head_weights_for
 
     out = {h: [torch.randn(3, k) for k in NUM_CLASSES] for h in ("clinic", "derm", "fused")}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,12 @@ import pytest
 
 from ssnbench import cli
 from ssnbench.report import load_results, summarize, write_report
-from ssnbench.runner import SCHEMA, pack_classes, pack_probs, unpack_classes, unpack_probs, write_json_atomic
+from ssnbench.results import (
+    SCHEMA_VERSION,
+    pack_classes,
+    pack_probs,
+    write_json_atomic,
+)
 
 NUM_CLASSES = (5, 3, 2, 3, 3, 3, 3, 2)
 
@@ -33,7 +40,7 @@ def _record(name: str, arch: str, seed: int, index: int, skill: float, n: int = 
     diag[np.arange(n), pred[:, 0]] = 0.6
     heads = ["derm"] if arch == "single" else ["clinic", "derm", "fused"]
     return {
-        "schema": SCHEMA,
+        "schema": SCHEMA_VERSION,
         "suite": "tiny",
         "suite_file": "suites/tiny.yaml",
         "reference": "ssn",
@@ -193,10 +200,15 @@ def test_real_dataset_has_no_synthetic_banner(results_dir: Path, tmp_path: Path)
     assert "SYNTHETIC" not in text and "**REAL**" in text
 
 
-def test_prediction_packing_round_trips() -> None:
-    classes = np.array([[2, 0, 1, 0, 2, 1, 0, 1], [4, 2, 0, 2, 0, 0, 2, 0]])
-    assert pack_classes(classes) == ["20102101", "42020020"]
-    assert (unpack_classes(pack_classes(classes)) == classes).all()
-    assert (unpack_classes(classes.tolist()) == classes).all()  # plain lists still read
-    probs = np.array([[0.1, 0.2, 0.3, 0.25, 0.15]])
-    assert np.allclose(unpack_probs(pack_probs(probs)), probs)
+def test_report_does_not_import_torch(results_dir: Path, tmp_path: Path) -> None:
+    """`ssnbench report` reads JSON and draws figures: loading torch (seconds, GBs) is a regression."""
+    code = (
+        "import sys\n"
+        "from ssnbench import cli\n"
+        f"assert cli.main(['report', {str(results_dir)!r}, '--report-dir', {str(tmp_path / 'r')!r}]) == 0\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm'))\n"
+        "assert not loaded, loaded[:5]\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "r" / "report.md").is_file()

@@ -11,7 +11,8 @@ from ssnbench.kernels import knobs
 
 from ssnbench import cli
 from ssnbench.config import load
-from ssnbench.runner import plan, read_result, run_suite, synthetic_root, write_json_atomic
+from ssnbench.results import read_result, write_json_atomic
+from ssnbench.runner import plan, run_suite, synthetic_root
 
 SUITE = """\
 name: tiny

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ssnbench.config import DatasetSpec, TrainSpec
-from ssnbench.data.derm7pt import NUM_CLASSES
+from ssnbench.data.labels import NUM_CLASSES
 from ssnbench.losses import MultiHeadLoss
 from ssnbench.models.registry import build_model
 from ssnbench.runner import Data, open_data

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ssnbench.data.derm7pt import LABELS, Release, check_image_files, load_release, summarize
+from ssnbench.data.derm7pt import Release, check_image_files, load_release, summarize
+from ssnbench.data.labels import LABELS
 from ssnbench.data.transforms import check_image_header
 from ssnbench.errors import DatasetError
 from ssnbench.preflight import bound_problem

@@ -16,21 +16,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from ssnbench.data.labels import CLASSES, LABELS
 from ssnbench.errors import DatasetError
 
-LABELS: tuple[str, ...] = ("DIAG", "PN", "BWV", "VS", "PIG", "STR", "DaG", "RS")
-CLASSES: dict[str, tuple[str, ...]] = {
-    "DIAG": ("BCC", "NEV", "MEL", "MISC", "SK"),
-    "PN": ("ABS", "TYP", "ATP"),
-    "BWV": ("ABS", "PRS"),
-    "VS": ("ABS", "REG", "IR"),
-    "PIG": ("ABS", "REG", "IR"),
-    "STR": ("ABS", "REG", "IR"),
-    "DaG": ("ABS", "REG", "IR"),
-    "RS": ("ABS", "PRS"),
-}
-NUM_CLASSES: tuple[int, ...] = tuple(len(CLASSES[name]) for name in LABELS)
-MEL_INDEX = 2
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
 # meta.csv column holding each label, in LABELS order.
