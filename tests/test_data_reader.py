@@ -10,15 +10,8 @@ import pytest
 import torch
 
 from ssnbench.cli import main
-from ssnbench.data.derm7pt import (
-    CLASSES,
-    LABELS,
-    MEL_INDEX,
-    NUM_CLASSES,
-    Release,
-    load_release,
-    make_datasets,
-)
+from ssnbench.data.derm7pt import Release, load_release, make_datasets
+from ssnbench.data.labels import CLASSES, LABELS, MEL_INDEX, NUM_CLASSES
 from ssnbench.data.synthetic import generate, plan_cases
 from ssnbench.errors import DatasetError, UserError
 
