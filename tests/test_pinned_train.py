@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ssnbench.config import TrainSpec
-from ssnbench.data.derm7pt import NUM_CLASSES
+from ssnbench.data.labels import NUM_CLASSES
 from ssnbench.losses import MultiHeadLoss
 from ssnbench.train import fit
 
