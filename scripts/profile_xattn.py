@@ -80,7 +80,7 @@ def block_costs(batch: int) -> list[dict]:
     (queued) and device-synced ms per call."""
     from ssnbench.models.backbone import auto_kv_reduction
     from ssnbench.models.block_graphs import BlockGraphs
-    from ssnbench.models.ssn import ProjectedCrossAttention
+    from ssnbench.models.two_image import ProjectedCrossAttention
 
     paths = {
         "stacked": lambda block, x: block.forward_stacked(x, batch),

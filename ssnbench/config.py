@@ -8,7 +8,6 @@ validated eagerly through the models' registry (we ask it; we never duplicate it
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -18,15 +17,23 @@ from typing import Any
 import yaml
 
 from ssnbench.errors import ConfigError, UserError
+from ssnbench.losses import HEADS, LOSS_SCHEMES
 from ssnbench.preflight import bound_problem
+from ssnbench.validation import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_mapping,
+    check_str,
+    suggest,
+    typename,
+)
 
 DATA_HINT = (
     "get the Derm7pt release_v0 from https://derm.cs.sfu.ca (free registration), unpack it and "
     "set DERM7PT_ROOT to the folder holding release_v0/ (or run suites/demo.yaml on synthetic data)"
 )
-
-LOSS_SCHEMES = ("prior", "equal")
-HEADS = ("clinic", "derm", "fused")
 
 
 @dataclass(frozen=True)
@@ -129,28 +136,18 @@ class _Ctx:
         return ConfigError(where + message)
 
 
-def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+def _checked(ctx: _Ctx, check: Any, path: str, *args: Any, **kwargs: Any) -> Any:
+    """Run one of validation.py's checks; its message (`<path>: ...`) gets the file name in front."""
+    try:
+        return check(path, *args, **kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{ctx.file}: {err}") from None
 
 
 def _mapping(
     ctx: _Ctx, path: str, value: Any, allowed: tuple[str, ...], required: tuple[str, ...] = ()
 ) -> dict:
-    if not isinstance(value, dict):
-        raise ctx.fail(path, f"expected a mapping, got {_typename(value)}")
-    for key in value:
-        if not isinstance(key, str):
-            raise ctx.fail(path, f"keys must be strings, got {key!r}")
-        if key not in allowed:
-            raise ctx.fail(
-                _join(path, key),
-                "unknown key" + (_suggest(key, allowed) or f"; expected one of {', '.join(allowed)}"),
-            )
-    for key in required:
-        if key not in value:
-            raise ctx.fail(_join(path, key), "missing (required)")
-    return value
+    return _checked(ctx, check_mapping, path, value, allowed, required)
 
 
 def _join(path: str, key: str | int) -> str:
@@ -159,25 +156,9 @@ def _join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _typename(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a mapping",
-    }.get(type(value), type(value).__name__) + f" ({value!r})"[:60]
-
-
 def _int(ctx: _Ctx, path: str, value: Any, minimum: int | None = None, bounded: bool = False) -> int:
     """`bounded`: also check `preflight.BOUNDS[path]` (sizes that would exhaust memory or time)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ctx.fail(path, f"expected an integer, got {_typename(value)}")
-    if minimum is not None and value < minimum:
-        raise ctx.fail(path, f"expected an integer >= {minimum}, got {value}")
+    value = _checked(ctx, check_int, path, value, minimum)
     problem = bound_problem(path, value) if bounded else None
     if problem:
         raise ctx.fail(path, problem)
@@ -185,41 +166,19 @@ def _int(ctx: _Ctx, path: str, value: Any, minimum: int | None = None, bounded: 
 
 
 def _float(ctx: _Ctx, path: str, value: Any, minimum: float | None = None, positive: bool = False) -> float:
-    # YAML 1.1 reads `1e-4` (no dot) as a string: accept numeric strings rather than surprise people.
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise ctx.fail(path, f"expected a number, got {_typename(value)}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ctx.fail(path, f"expected a number, got {_typename(value)}")
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ctx.fail(path, f"expected a finite number, got {value}")
-    if positive and value <= 0:
-        raise ctx.fail(path, f"expected a number > 0, got {value}")
-    if minimum is not None and value < minimum:
-        raise ctx.fail(path, f"expected a number >= {minimum}, got {value}")
-    return value
+    return _checked(ctx, check_float, path, value, minimum, positive=positive, numeric_strings=True)
 
 
 def _bool(ctx: _Ctx, path: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ctx.fail(path, f"expected true or false, got {_typename(value)}")
-    return value
+    return _checked(ctx, check_bool, path, value)
 
 
 def _str(ctx: _Ctx, path: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ctx.fail(path, f"expected a non-empty string, got {_typename(value)}")
-    return value
+    return _checked(ctx, check_str, path, value)
 
 
 def _choice(ctx: _Ctx, path: str, value: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        hint = _suggest(value, choices) if isinstance(value, str) else ""
-        raise ctx.fail(path, f"expected one of {', '.join(choices)}, got {_typename(value)}{hint}")
-    return value
+    return _checked(ctx, check_choice, path, value, choices)
 
 
 def _head_weights(ctx: _Ctx, path: str, value: Any) -> dict[str, float] | None:
@@ -439,7 +398,7 @@ def _model(ctx: _Ctx, index: int, raw: Any, defaults: dict) -> ModelSpec:
     inference = _choice(ctx, _join(path, "inference"), raw.get("inference", "same"), ("same", *LOSS_SCHEMES))
     options = raw.get("options") or {}
     if not isinstance(options, dict):
-        raise ctx.fail(_join(path, "options"), f"expected a mapping, got {_typename(options)}")
+        raise ctx.fail(_join(path, "options"), f"expected a mapping, got {typename(options)}")
     return ModelSpec(
         name=name,
         arch=arch,
@@ -456,7 +415,7 @@ def _with_image_size(spec: ModelSpec, image_size: int) -> ModelSpec:
     if "image_size" in spec.options:
         return spec
     try:
-        from ssnbench.models.registry import arch_options  # noqa: PLC0415
+        from ssnbench.models.registry import arch_options
 
         accepts = "image_size" in arch_options(spec.arch)
     except (ImportError, UserError):
@@ -474,16 +433,16 @@ def _check_model(ctx: _Ctx, index: int, spec: ModelSpec, image_size_written: boo
     An `image_size` the user did not write (passed on from `dataset.image_size`) is reported under
     `dataset.image_size`, the key they did write.
     """
-    import torch  # noqa: PLC0415 (keep `--help` fast)
+    import torch
 
-    from ssnbench.models.registry import build_model, list_archs  # noqa: PLC0415
+    from ssnbench.models.registry import build_model, list_archs
 
     path = f"models[{index}]"
     archs = list(list_archs())
     if spec.arch not in archs:
         raise ctx.fail(
             _join(path, "arch"),
-            f"unknown arch {spec.arch!r}{_suggest(spec.arch, archs)} (known: {', '.join(archs)})",
+            f"unknown arch {spec.arch!r}{suggest(spec.arch, archs)} (known: {', '.join(archs)})",
         )
     try:
         try:
@@ -619,7 +578,7 @@ def _load(p: Path, raw: Any, check_models: bool, check_data: bool) -> Suite:
         raise ctx.fail("name", f"use letters, digits and - _ . only (it names folders), got {name!r}")
     description = raw.get("description", "")
     if not isinstance(description, str):
-        raise ctx.fail("description", f"expected a string, got {_typename(description)}")
+        raise ctx.fail("description", f"expected a string, got {typename(description)}")
 
     dataset = _dataset(ctx, raw["dataset"], p.parent, check_data)
     train = _train(ctx, raw.get("train"))
@@ -631,7 +590,7 @@ def _load(p: Path, raw: Any, check_models: bool, check_data: bool) -> Suite:
     if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool):
         seeds_raw = [seeds_raw]
     if not isinstance(seeds_raw, list) or not seeds_raw:
-        raise ctx.fail("seeds", f"expected a non-empty list of integers, got {_typename(seeds_raw)}")
+        raise ctx.fail("seeds", f"expected a non-empty list of integers, got {typename(seeds_raw)}")
     seeds = tuple(_int(ctx, f"seeds[{i}]", s, minimum=0) for i, s in enumerate(seeds_raw))
     if len(set(seeds)) != len(seeds):
         raise ctx.fail("seeds", f"duplicate seeds in {list(seeds)}")
@@ -640,7 +599,7 @@ def _load(p: Path, raw: Any, check_models: bool, check_data: bool) -> Suite:
     _mapping(ctx, "model_defaults", defaults, tuple(k for k in _MODEL_KEYS if k != "name"))
     models_raw = raw["models"]
     if not isinstance(models_raw, list) or not models_raw:
-        raise ctx.fail("models", f"expected a non-empty list of models, got {_typename(models_raw)}")
+        raise ctx.fail("models", f"expected a non-empty list of models, got {typename(models_raw)}")
     models = tuple(_model(ctx, i, m, defaults) for i, m in enumerate(models_raw))
     seen: set[str] = set()
     for i, m in enumerate(models):

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssnbench.data.labels import LABELS, NUM_CLASSES
+from ssnbench.data.labels import LABELS, MODALITIES, NUM_CLASSES
 from ssnbench.errors import ConfigError
 
 __all__ = [
@@ -48,7 +48,7 @@ __all__ = [
     "head_weights_for",
 ]
 
-HEADS: tuple[str, ...] = ("clinic", "derm", "fused")
+HEADS: tuple[str, ...] = (*MODALITIES, "fused")  # one per modality, plus the fused one
 LOSS_SCHEMES: tuple[str, ...] = ("prior", "equal")
 PRIOR_WEIGHTS: dict[str, float] = {"clinic": 0.2, "derm": 0.5, "fused": 0.3}
 EQUAL_WEIGHTS: dict[str, float] = {"clinic": 1.0 / 3, "derm": 1.0 / 3, "fused": 1.0 / 3}

@@ -31,6 +31,7 @@ from ssnbench import config as config_mod
 from ssnbench.config import DatasetSpec, ModelSpec, Suite
 from ssnbench.data.labels import CLASSES, LABELS
 from ssnbench.env import environment, pick_device
+from ssnbench.losses import HEADS
 from ssnbench.progress import Progress, make_progress
 from ssnbench.results import (
     JobError,
@@ -205,9 +206,7 @@ def heads_of(model: torch.nn.Module, image_size: int) -> list[str]:
         x = torch.zeros(1, 3, image_size, image_size, device=device)
         outputs = model(x, x)
     model.train(was_training)
-    return [h for h in ("clinic", "derm", "fused") if h in outputs] + [
-        h for h in outputs if h not in ("clinic", "derm", "fused")
-    ]
+    return [h for h in HEADS if h in outputs] + [h for h in outputs if h not in HEADS]
 
 
 def resolve_weights(spec: ModelSpec, heads: list[str]) -> tuple[dict[str, float], dict[str, float], str]:

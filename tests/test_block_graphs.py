@@ -17,7 +17,7 @@ import torch
 from ssnbench.errors import ConfigError
 from ssnbench.models import build_model
 from ssnbench.models.block_graphs import BlockGraphs
-from ssnbench.models.ssn import ProjectedCrossAttention
+from ssnbench.models.two_image import ProjectedCrossAttention
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

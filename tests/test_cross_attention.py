@@ -100,7 +100,7 @@ def _grads(m: torch.nn.Module, x: torch.Tensor, run) -> tuple[torch.Tensor, dict
 def test_stacked_path_matches_two_map_forward(projected: bool, shared: bool, r: int, impl: str) -> None:
     """forward_stacked(cat([f_c, f_d]), B) is cat(forward(f_c, f_d)), outputs and every gradient.
     float32 so that impl=triton runs the kernels (interpreter on CPU); odd 5x7 maps."""
-    from ssnbench.models.ssn import ProjectedCrossAttention
+    from ssnbench.models.two_image import ProjectedCrossAttention
 
     torch.manual_seed(0)
     kw = dict(num_heads=2, impl=impl, kv_reduction=r, shared=shared)
@@ -144,7 +144,7 @@ def test_stacked_path_dispatches_far_fewer_ops(projected: bool) -> None:
     """The point of forward_stacked: SSN's host-bound GPU step pays per op, and the stacked block
     (no split/re-concatenation, one residual add, no add-then-subtract around the 1x1 projections)
     needs well under 2/3 of the ops of the two-map path for forward+backward (measured: 0.58x, 0.57x)."""
-    from ssnbench.models.ssn import ProjectedCrossAttention
+    from ssnbench.models.two_image import ProjectedCrossAttention
 
     if projected:
         m = ProjectedCrossAttention(24, 16, num_heads=2, impl="sdpa")
@@ -186,8 +186,8 @@ def test_ssn_runs_its_blocks_stacked(monkeypatch: pytest.MonkeyPatch) -> None:
 
     enc = model.encoder
     plain = encode_pair(enc, enc, x, x.flip(0))
-    pair = encode_pair(enc, enc, x, x.flip(0), {3: TwoMaps()})
-    stacked = encode_pair(enc, enc, x, x.flip(0), {3: Stacked()})
+    pair = encode_pair(enc, enc, x, x.flip(0), blocks={3: TwoMaps()})
+    stacked = encode_pair(enc, enc, x, x.flip(0), blocks={3: Stacked()})
     for a, b, c in zip(pair, stacked, plain, strict=True):
         torch.testing.assert_close(a, b)
         assert not torch.allclose(a, c)

@@ -173,7 +173,7 @@ def test_torch_compile_fullgraph():
 def test_ssn_block_stacked_path_matches_pair_path_on_cuda():
     """The block as SSN-R50 runs it (projected to 256 channels, 2B-image map, channels_last, bf16
     autocast, impl triton): forward_stacked against the two-map path, output and every gradient."""
-    from ssnbench.models.ssn import ProjectedCrossAttention
+    from ssnbench.models.two_image import ProjectedCrossAttention
 
     torch.manual_seed(0)
     block = ProjectedCrossAttention(512, 256, num_heads=8, impl="triton").cuda()

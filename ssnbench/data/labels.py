@@ -20,3 +20,4 @@ CLASSES: dict[str, tuple[str, ...]] = {
 }
 NUM_CLASSES: tuple[int, ...] = tuple(len(CLASSES[name]) for name in LABELS)
 MEL_INDEX = 2  # melanoma's class index in DIAG
+MODALITIES: tuple[str, ...] = ("clinic", "derm")  # the two images of a case (meta.csv columns)

@@ -308,6 +308,7 @@ def encode_pair(
     enc_d: StagedBackbone,
     clinic: Tensor,
     derm: Tensor,
+    *,
     blocks: Mapping[int, nn.Module] | nn.ModuleDict | None = None,
     graphs: Mapping[int, BlockGraphs] | None = None,
 ) -> tuple[Tensor, Tensor]:

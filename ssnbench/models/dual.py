@@ -14,9 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from ssnbench.models.backbone import create_backbone, encode_pair
+from ssnbench.models.cross_attention import IMPLS
 from ssnbench.models.heads import two_image_heads
-from ssnbench.models.registry import check_choice, check_float, check_int, register_model
-from ssnbench.models.ssn import XATTN_IMPLS, TwoImageModel, build_cross_attention, resolve_stages
+from ssnbench.models.registry import register_model
+from ssnbench.models.two_image import TwoImageModel, build_cross_attention, resolve_stages
+from ssnbench.validation import check_choice, check_float, check_int
 
 __all__ = ["DualEncoder", "dual"]
 
@@ -47,7 +49,7 @@ class DualEncoder(TwoImageModel):
         super().__init__()
         image_size = check_int("image_size", image_size, 8)
         xattn = check_choice("xattn", xattn, DUAL_XATTN_MODES)
-        xattn_impl = check_choice("xattn_impl", xattn_impl, XATTN_IMPLS)
+        xattn_impl = check_choice("xattn_impl", xattn_impl, IMPLS)
         xattn_heads = check_int("xattn_heads", xattn_heads, 1)
         drop_rate = check_float("drop_rate", drop_rate, 0.0, 1.0, max_inclusive=False)
         vit_stages = check_int("vit_stages", vit_stages, 1)
@@ -58,7 +60,14 @@ class DualEncoder(TwoImageModel):
         enc = self.encoder["clinic"]
         stages = resolve_stages(xattn_stages, enc.num_stages)
         self.cross_attention, xinfo = build_cross_attention(
-            enc, stages, xattn, xattn_heads, xattn_impl, kv_reduction, image_size, xattn_dim
+            enc,
+            stages=stages,
+            mode=xattn,
+            num_heads=xattn_heads,
+            impl=xattn_impl,
+            kv_reduction=kv_reduction,
+            image_size=image_size,
+            xattn_dim=xattn_dim,
         )
         dim = enc.num_features
         self.heads = two_image_heads(dim, drop_rate)
@@ -75,8 +84,8 @@ class DualEncoder(TwoImageModel):
 
     def forward(self, clinic: Tensor, derm: Tensor) -> dict[str, list[Tensor]]:
         f_c, f_d = encode_pair(
-            self.encoder["clinic"], self.encoder["derm"], clinic, derm, self.cross_attention,
-            self.block_graphs,
+            self.encoder["clinic"], self.encoder["derm"], clinic, derm,
+            blocks=self.cross_attention, graphs=self.block_graphs,
         )
         return {
             "clinic": self.heads["clinic"](f_c),

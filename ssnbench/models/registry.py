@@ -4,15 +4,14 @@
 name) registers a builder; `build_model(arch, **options)` checks the arch and the option names
 against the builder's signature, so a typo in a suite file is a
 one-line ConfigError naming the option (option *values* are checked by the builders, with the
-`check_*` helpers below, whose messages start with the option name).
+`check_*` helpers of ssnbench.validation, whose messages start with the option name).
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -22,10 +21,6 @@ from ssnbench.errors import ConfigError
 __all__ = [
     "arch_options",
     "build_model",
-    "check_bool",
-    "check_choice",
-    "check_float",
-    "check_int",
     "list_archs",
     "register_model",
 ]
@@ -86,35 +81,3 @@ def build_model(arch: str, **options: Any) -> nn.Module:
                 f"{key}: unknown option for arch {arch!r}{hint}; valid options: {', '.join(valid)}"
             )
     return _MODELS[arch](**options)
-
-
-# ------------------------------------------------------------------------ option value checks
-def check_choice(key: str, value: Any, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def check_bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def check_int(key: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        lo = "-inf" if minimum is None else minimum
-        hi = "inf" if maximum is None else maximum
-        raise ConfigError(f"{key}: expected an integer in [{lo}, {hi}], got {value!r}")
-    return value
-
-
-def check_float(key: str, value: Any, minimum: float, maximum: float, max_inclusive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if value < minimum or value > maximum or (not max_inclusive and value == maximum):
-        close = "]" if max_inclusive else ")"
-        raise ConfigError(f"{key}: expected a number in [{minimum}, {maximum}{close}, got {value!r}")
-    return float(value)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from ssnbench.data.labels import MODALITIES
 from ssnbench.models.backbone import create_backbone
 from ssnbench.models.heads import MultiLabelHead
-from ssnbench.models.registry import check_choice, check_float, check_int, register_model
+from ssnbench.models.registry import register_model
+from ssnbench.validation import check_choice, check_float, check_int
 
 __all__ = ["SingleModality", "single"]
-
-MODALITIES: tuple[str, ...] = ("clinic", "derm")
 
 
 class SingleModality(nn.Module):
