@@ -23,32 +23,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# scope -> mutant-name globs (mutmut names a mutant <module>.x_<function>__mutmut_<n>, and a method
-# <module>.xǁ<Class>ǁ<method>__mutmut_<n>)
+def _functions(module: str, *names: str) -> list[str]:
+    return [f"ssnbench.{module}.x{name}__mutmut_*" for name in names]
+
+
+# scope -> mutant-name globs: mutmut names a mutant <module>.x_<function>__mutmut_<n>, and a method
+# <module>.xǁ<Class>ǁ<method>__mutmut_<n>. The functions that hold the behaviours of issue 18; a
+# wider scope (all of fit, run_suite, summarize: ~800 more mutants) did not fit in a session on the
+# shared 2-core machine (docs/testing.md gives the measured rate).
 SCOPES: dict[str, list[str]] = {
-    "derm7pt": ["ssnbench.data.derm7pt.*"],
-    "losses": ["ssnbench.losses.*"],
-    "metrics": ["ssnbench.metrics.*"],
-    "runner": [
-        f"ssnbench.runner.x_{name}__mutmut_*"
-        for name in ("plan", "job_hash", "read_result", "resolve_weights", "run_suite")
-    ],
-    "train": ["ssnbench.train.x_fit__mutmut_*", "ssnbench.train.x_lr_lambda__mutmut_*"],
-    "report": [
-        f"ssnbench.report.x_{name}__mutmut_*"
-        for name in (
-            "_models",
-            "_ok",
-            "case_scores",
-            "case_correct",
-            "_mean_std",
-            "_ci",
-            "_paired",
-            "_aligned",
-            "summarize",
-            "_same_cases",
-        )
-    ],
+    "derm7pt": _functions("data.derm7pt", "_group_label", "ǁReleaseǁclass_counts", "__read_index"),
+    "metrics": _functions("metrics", "_paired_bootstrap", "_mean_std"),
+    "losses": _functions("losses", "_head_weights_for", "__normalise", "_combine_probabilities"),
+    "runner": _functions("runner", "_plan", "_job_hash", "_resolve_weights"),
+    "report": _functions("report", "_case_scores", "__aligned"),
 }
 
 # mutmut's exit code of a mutant's test run -> verdict (mutmut.stats.status_by_exit_code, grouped)

@@ -173,6 +173,8 @@ def test_class_counts_and_dataset_labels_follow_the_table(release_root: Path) ->
     assert counts["VS"] == {"ABS": 3, "REG": 13, "IR": 4}  # rows cycle the 8 VS strings 2.5 times
     assert counts["RS"] == {"ABS": 5, "PRS": 15}
     assert counts["PIG"] == {"ABS": 4, "REG": 8, "IR": 8}
+    assert release.class_counts([13, 0, 14])["DIAG"] == {"BCC": 1, "NEV": 0, "MEL": 2, "MISC": 0, "SK": 0}
+    assert release.class_counts([])["RS"] == {"ABS": 0, "PRS": 0}
     data = make_datasets(release, image_size=4, border_crop=1, augment=False)
     test = data["test"]
     # split order is the index file's order (19 first), not meta.csv's

@@ -118,6 +118,18 @@ def test_summary_numbers(records: list[dict]) -> None:
     )
 
 
+def test_pairs_need_common_seeds_and_the_same_cases(records: list[dict]) -> None:
+    late = _record("late", 3, 5, {0})  # seed 5: the reference has no seed 5
+    other_cases = _record("elsewhere", 4, 0, {0})
+    other_cases["predictions"]["case_ids"] = [f"d{c}" for c in range(N)]  # another test split
+    pairs = {p["model"]: p for p in summarize([*records, late, other_cases])["paired"]}
+    for name in ("late", "elsewhere"):
+        assert (
+            "acc_avg" not in pairs[name] and pairs[name]["note"] == "no common seeds or different test cases"
+        )
+    assert "acc_avg" in pairs["other"]
+
+
 def _row(text: str, first_cell: str, section: str) -> list[str]:
     part = text.split(section, 1)[1].split("\n## ", 1)[0]
     for line in part.splitlines():

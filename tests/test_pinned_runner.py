@@ -87,6 +87,19 @@ def test_job_hash_covers_every_dataset_train_and_model_field() -> None:
         assert changed["single-derm__seed0"] == base["single-derm__seed0"]  # other entries untouched
 
 
+def test_plan_is_seed_major_and_hashes_are_stable_hex() -> None:
+    jobs = plan(SUITE)
+    assert [(j.id, j.model_index, j.seed) for j in jobs] == [
+        ("ssn__seed0", 0, 0),
+        ("single-derm__seed0", 1, 0),
+        ("ssn__seed1", 0, 1),
+        ("single-derm__seed1", 1, 1),
+    ]
+    h = job_hash(SUITE, jobs[0])
+    assert len(h) == 16 and int(h, 16) >= 0  # 16 hex digits, as stored in every result file
+    assert h == job_hash(dataclasses.replace(SUITE), jobs[0])  # a rebuilt suite: the same hash
+
+
 def test_job_hash_ignores_what_does_not_change_a_result() -> None:
     base = _hashes(SUITE)
     extra = ModelSpec(name="dual", arch="dual", options={"backbone": "resnet18"})
@@ -226,6 +239,14 @@ def test_loss_weight_overrides_follow_into_inference_when_same() -> None:
     assert infer_w == loss_w and scheme == "prior"
     single = resolve_weights(ModelSpec(name="s", arch="single"), ["derm"])
     assert single[1] == {"derm": 1.0}
+    # an explicit inference scheme does not inherit the loss's overrides
+    other = ModelSpec(name="m", arch="ssn", loss="prior", loss_weights={"clinic": 0.0}, inference="equal")
+    assert resolve_weights(other, HEADS)[1:] == (pytest.approx(dict.fromkeys(HEADS, 1 / 3)), "equal")
+    # overrides for heads the model does not have are dropped, not an error
+    dual = ModelSpec(name="d", arch="dual", loss_weights={"fused": 5.0, "clinic": 1.0})
+    assert resolve_weights(dual, ["clinic", "derm"])[0] == pytest.approx(
+        {"clinic": 1 / 1.5, "derm": 0.5 / 1.5}
+    )
 
 
 def _outputs() -> dict[str, list[torch.Tensor]]:
@@ -244,3 +265,8 @@ def test_combined_probabilities_by_hand() -> None:
     assert equal[0].tolist() == pytest.approx([1.4 / 3, 1.6 / 3], abs=1e-6)  # class 1
     derm_only = combine_probabilities(_outputs(), {"derm": 1.0})[0]
     assert derm_only[0].tolist() == pytest.approx([1.0, 0.0], abs=1e-6)
+    # a single head is used as is, whatever the weights say
+    alone = combine_probabilities({"clinic": _outputs()["clinic"]}, {"derm": 1.0})[0]
+    assert alone[0].tolist() == pytest.approx([0.0, 1.0], abs=1e-6)
+    with pytest.raises(ValueError, match="all have weight 0"):
+        combine_probabilities(_outputs(), {"clinic": 0.0, "derm": 0.0, "fused": 0.0})
