@@ -145,10 +145,10 @@ def rebuild_options(model_spec: dict[str, Any]) -> dict[str, Any]:
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """(model in eval mode on `device`, meta) from a checkpoint's .safetensors, .checkpoint.json or
     `<out>/<job>` stem. Missing files, a changed architecture or a foreign file -> CheckpointError."""
-    from safetensors import SafetensorError  # noqa: PLC0415
-    from safetensors.torch import load_model  # noqa: PLC0415
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
 
-    from ssnbench.models.registry import build_model  # noqa: PLC0415
+    from ssnbench.models.registry import build_model
 
     path = Path(path)
     meta = read_meta(path)

@@ -30,7 +30,7 @@ class PairsDataset(Dataset):
     """Unlabelled (clinic, derm) image pairs, prepared like the checkpoint's evaluation data."""
 
     def __init__(self, pairs: list[tuple[str, Path, Path]], data: dict[str, Any]) -> None:
-        from ssnbench.data.transforms import PairTransform, load_pair_images  # noqa: PLC0415
+        from ssnbench.data.transforms import PairTransform, load_pair_images
 
         self.case_ids = [c for c, _, _ in pairs]
         self.paths = [(a, b) for _, a, b in pairs]
@@ -74,7 +74,7 @@ def read_pairs(path: Path) -> list[tuple[str, Path, Path]]:
 
 
 def _split_dataset(root: Path, split: str, data: dict[str, Any]) -> Dataset:
-    from ssnbench.data.derm7pt import SPLITS, Derm7ptDataset, load_release  # noqa: PLC0415
+    from ssnbench.data.derm7pt import SPLITS, Derm7ptDataset, load_release
 
     release = load_release(root, drop_no_clinic=bool(data.get("drop_no_clinic")))
     rows = [r for s in SPLITS for r in release.splits[s]] if split == "all" else release.splits[split]
@@ -107,8 +107,8 @@ def predict_checkpoint(
 
     `tta="checkpoint"` uses the test-time augmentation the run used; None or a TTA name overrides it.
     """
-    from ssnbench.checkpoint import load_checkpoint  # noqa: PLC0415
-    from ssnbench.train import deterministic, make_loader, predict  # noqa: PLC0415
+    from ssnbench.checkpoint import load_checkpoint
+    from ssnbench.train import deterministic, make_loader, predict
 
     device = device or torch.device("cpu")
     model, meta = load_checkpoint(checkpoint, device)
@@ -165,7 +165,7 @@ def write_predictions(path: Path, preds: Any, paths: list[tuple[Path, Path]]) ->
 def cli(args: Any) -> int:
     """`ssnbench predict CHECKPOINT (--data RELEASE [--split S] | --pairs CSV) [--out CSV]`."""
     from ssnbench.env import pick_device
-    from ssnbench.metrics import evaluate  # noqa: PLC0415
+    from ssnbench.metrics import evaluate
 
     if (args.data is None) == (args.pairs is None):
         raise UserError("predict: give exactly one of --data RELEASE or --pairs CSV")

@@ -175,18 +175,18 @@ def check_data(flight: Flight) -> None:
     if not flight.jobs:
         return
     if spec.kind == "synthetic":
-        from ssnbench.data.synthetic import REAL_SPLITS  # noqa: PLC0415
+        from ssnbench.data.synthetic import REAL_SPLITS
 
         flight.cases = spec.cases
         flight.test_cases = max(1, spec.cases * REAL_SPLITS["test"] // sum(REAL_SPLITS.values()))
-        from ssnbench.runner import synthetic_root_path  # noqa: PLC0415
+        from ssnbench.runner import synthetic_root_path
 
         if not (synthetic_root_path(spec, flight.cache) / "release_v0" / "meta" / "meta.csv").is_file():
             per_image = 4096 + spec.source_size**2 * 3 // 6  # JPEG q90 of smooth renders, plus a block
             flight.need(flight.cache, spec.cases * 2 * per_image, "synthetic images")
         return
-    from ssnbench.data.derm7pt import load_release  # noqa: PLC0415
-    from ssnbench.data.transforms import check_image_header  # noqa: PLC0415
+    from ssnbench.data.derm7pt import load_release
+    from ssnbench.data.transforms import check_image_header
 
     release = load_release(spec.root or "", drop_no_clinic=spec.drop_no_clinic)
     flight.cases = sum(len(rows) for rows in release.splits.values())
@@ -235,9 +235,9 @@ def available_memory() -> int | None:
 def check_models(flight: Flight) -> None:
     """Every model builds and runs one forward pass at the suite's input size, on the meta device
     (shapes only: no memory, no compute), which also gives the parameter counts for checkpoints."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    from ssnbench.models.registry import build_model  # noqa: PLC0415
+    from ssnbench.models.registry import build_model
 
     size = flight.suite.dataset.image_size
     needed = {job.model.name for job in flight.jobs}

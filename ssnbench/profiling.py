@@ -222,7 +222,7 @@ class BenchLoss:
 
     def __call__(self, out: Any) -> torch.Tensor:
         from ssnbench.data.labels import LABELS
-        from ssnbench.losses import HEADS, MultiHeadLoss, head_weights_for  # noqa: PLC0415
+        from ssnbench.losses import HEADS, MultiHeadLoss, head_weights_for
 
         heads_output = isinstance(out, dict) and out and set(out) <= set(HEADS)
         logits = next(iter(out.values())) if heads_output else []

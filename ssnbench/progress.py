@@ -49,14 +49,14 @@ class RichProgress(Progress):
 
     def __init__(self) -> None:
         super().__init__()
-        from rich.console import Console  # noqa: PLC0415
-        from rich.progress import (  # noqa: PLC0415
+        from rich.console import Console
+        from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
             TextColumn,
             TimeElapsedColumn,
         )
-        from rich.progress import Progress as Bars  # noqa: PLC0415
+        from rich.progress import Progress as Bars
 
         self.console = Console(log_path=False)
         self.bars = Bars(

@@ -3,6 +3,7 @@
 The only module that knows about Markdown. It reads nothing but result records (the runner's JSON
 files), so `ssnbench report DIR` rebuilds a report without training. Numbers are never shown as a
 single run's point estimate: mean ± std over seeds, and bootstrap intervals over test cases.
+report.md is one small function per section, listed in `SECTIONS` (how to add one: see there).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import math
 import os
 import shlex
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -306,29 +307,39 @@ def _weights(w: dict | None) -> str:
     return ", ".join(f"{k} {v:.3g}" for k, v in (w or {}).items()) or "–"
 
 
-def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
-    ds = summary.get("dataset") or {}
-    env = summary.get("environment") or {}
-    train = summary.get("train") or {}
-    synthetic = ds.get("kind") == "SYNTHETIC"
-    out = io.StringIO()
-    w = out.write
-    w(f"# ssnbench report: {summary.get('suite')}{' (SYNTHETIC DATA)' if synthetic else ''}\n\n")
+# ---------------------------------------------------------------------------------------------
+# Markdown sections
+#
+# The report is the concatenation of SECTIONS, in order. Each section is a function
+# `(summary, figures) -> str` returning Markdown that ends with a blank line ("" leaves it out).
+# A numbered section starts with "## Title": `render` turns it into "## <n>. Title", so inserting
+# one renumbers those after it. To add a section: write its function below (it reads `summary`,
+# i.e. what `summarize` computed; compute anything new there so results.json carries it too), then
+# put it into SECTIONS where it belongs.
+
+
+def _title(summary: dict[str, Any], figures: dict[str, str]) -> str:
+    synthetic = _synthetic(summary)
+    text = f"# ssnbench report: {summary.get('suite')}{' (SYNTHETIC DATA)' if synthetic else ''}\n\n"
     if synthetic:
-        w(SYNTHETIC_BANNER + "\n\n")
+        text += SYNTHETIC_BANNER + "\n\n"
     if summary.get("description"):
-        w(summary["description"] + "\n\n")
+        text += summary["description"] + "\n\n"
     rebuild = shlex.quote(str(summary.get("results_dir") or f"results/{summary.get('suite')}"))
-    w(
+    return text + (
         f"Suite file `{summary.get('suite_file')}`; generated {summary['generated_at']} from "
         f"{len(summary['runs'])} result files by `ssnbench report` (rebuild: `ssnbench report "
         f"{rebuild}`).\n\n"
     )
 
-    w("## Setup\n\n")
+
+def _setup(summary: dict[str, Any], figures: dict[str, str]) -> str:
+    ds = summary.get("dataset") or {}
+    env = summary.get("environment") or {}
+    train = summary.get("train") or {}
     splits = ds.get("splits") or {}
     kind = f"**{ds.get('kind', '?')}**"
-    if synthetic and ds.get("synthetic"):
+    if _synthetic(summary) and ds.get("synthetic"):
         s = ds["synthetic"]
         kind += f" (generated: {s['cases']} cases, seed {s['seed']}, {s['source_size']} px JPEGs)"
     rows = [
@@ -378,14 +389,12 @@ def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
         rows.append(
             ["note", "runs come from several commits: " + ", ".join(_short(c) for c in summary["commits"])]
         )
-    w(_table(["", ""], rows, "ll") + "\n\n")
+    return "## Setup\n\n" + _table(["", ""], rows, "ll") + "\n\n"
 
-    models = summary["models"]
-    ok_models = [m for m in models if m.get("metrics")]
-    maj = (ds.get("majority") or {}).get("metrics") or {}
 
-    w("## 1. Test accuracy (%)\n\n")
-    w(
+def _accuracy(summary: dict[str, Any], figures: dict[str, str]) -> str:
+    maj = ((summary.get("dataset") or {}).get("majority") or {}).get("metrics") or {}
+    text = "## Test accuracy (%)\n\n" + (
         "Top-1 accuracy of each label and their unweighted mean on the test split, evaluated once with the "
         "checkpoint chosen on the validation split; mean ± std over seeds. 95% CI: bootstrap over test cases "
         "of the average accuracy (per-case scores averaged over seeds). The last row predicts each label's "
@@ -393,7 +402,7 @@ def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
     )
     header = ["model", *LABELS, "average", "95% CI", "seeds"]
     rows = []
-    for m in ok_models:
+    for m in _ok_models(summary):
         ci = m.get("acc_avg_ci95") or [None, None]
         rows.append(
             [
@@ -414,10 +423,12 @@ def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
                 "",
             ]
         )
-    w(_table(header, rows) + "\n\n")
+    return text + _table(header, rows) + "\n\n"
 
-    w("## 2. Cost\n\n")
-    w(
+
+def _cost(summary: dict[str, Any], figures: dict[str, str]) -> str:
+    ok_models = _ok_models(summary)
+    text = "## Cost\n\n" + (
         "Parameters counted once when shared (SSN's encoder serves both modalities). GMACs: fvcore "
         "multiply-adds of one forward at batch 1 (1 GMAC = 2 GFLOP), attention counted through our handles. "
         "Images/s count every image a model consumes (two per case for two-image models). "
@@ -427,7 +438,7 @@ def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
     prof0 = next((m.get("profile") for m in ok_models if m.get("profile")), None) or {}
     tr0 = prof0.get("train") if isinstance(prof0.get("train"), dict) else {}
     if tr0:
-        w(
+        text += (
             f" at batch {tr0.get('batch_size')} per modality"
             + (f", {tr0.get('amp')} autocast" if tr0.get("amp") else "")
             + (
@@ -436,7 +447,7 @@ def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
                 else ""
             )
         )
-    w(".\n\n")
+    text += ".\n\n"
     rows = []
     for m in ok_models:
         p = m.get("profile") or {}
@@ -463,24 +474,18 @@ def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
                 ),
             ]
         )
-    w(
-        _table(
-            [
-                "model",
-                "arch",
-                "params (M)",
-                "encoder/xattn/heads (M)",
-                "GMACs",
-                "train img/s",
-                "infer img/s",
-                "peak train mem (MB)",
-                "train time (s/seed)",
-            ],
-            rows,
-            "llrrrrrrr",
-        )
-        + "\n\n"
-    )
+    header = [
+        "model",
+        "arch",
+        "params (M)",
+        "encoder/xattn/heads (M)",
+        "GMACs",
+        "train img/s",
+        "infer img/s",
+        "peak train mem (MB)",
+        "train time (s/seed)",
+    ]
+    text += _table(header, rows, "llrrrrrrr") + "\n\n"
     notes = sorted(
         {
             str((m.get("profile") or {}).get("gmacs_note"))
@@ -488,62 +493,57 @@ def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
             if (m.get("profile") or {}).get("gmacs") is None and (m.get("profile") or {}).get("gmacs_note")
         }
     )
-    for note in notes:
-        w(f"GMACs not counted: {note}.\n\n")
+    return text + "".join(f"GMACs not counted: {note}.\n\n" for note in notes)
 
-    w("## 3. Diagnosis (DIAG)\n\n")
-    w(
+
+def _diagnosis(summary: dict[str, Any], figures: dict[str, str]) -> str:
+    rows = [[m["name"], *(_pm(m["metrics"].get(k)) for k in DIAG_KEYS)] for m in _ok_models(summary)]
+    return (
+        "## Diagnosis (DIAG)\n\n"
         "Balanced accuracy over the 5 classes, macro one-vs-rest AUC, melanoma sensitivity and specificity "
         "(%, mean ± std over seeds).\n\n"
+        + _table(["model", "balanced acc", "macro AUC", "MEL sensitivity", "MEL specificity"], rows)
+        + "\n\n"
     )
-    rows = [[m["name"], *(_pm(m["metrics"].get(k)) for k in DIAG_KEYS)] for m in ok_models]
-    w(_table(["model", "balanced acc", "macro AUC", "MEL sensitivity", "MEL specificity"], rows) + "\n\n")
 
+
+def _paired_differences(summary: dict[str, Any], figures: dict[str, str]) -> str:
     ref = summary.get("reference")
-    w(f"## 4. Paired differences: {ref or '(no reference model)'} minus each model\n\n")
-    if summary["paired"]:
-        w(
-            "Percentage points, on the same test cases: seed s of the reference is paired with seed s of the "
-            "other model, per-case scores are averaged over the paired seeds, and the difference of means is "
-            "bootstrapped over cases (95% CI). An interval that excludes 0 is a difference the test "
-            "split can "
-            "resolve.\n\n"
-        )
-        rows = []
-        for p in summary["paired"]:
-            if "acc_avg" not in p:
-                rows.append([f"{p['reference']} − {p['model']}", "–", "–", "–", "–", "–", p.get("note", "")])
-                continue
-            a, d = p["acc_avg"], p.get("acc_DIAG") or {}
-            rows.append(
-                [
-                    f"{p['reference']} − {p['model']}",
-                    str(len(p["seeds"])),
-                    _signed(a.get("diff")),
-                    f"[{_signed(a.get('ci_low'))}, {_signed(a.get('ci_high'))}]",
-                    _signed(d.get("diff")),
-                    f"[{_signed(d.get('ci_low'))}, {_signed(d.get('ci_high'))}]",
-                    _num(a.get("p_value"), ".3f"),
-                ]
-            )
-        w(
-            _table(
-                ["comparison", "seeds", "Δ average acc", "95% CI", "Δ DIAG acc", "95% CI", "p (two-sided)"],
-                rows,
-            )
-            + "\n\n"
-        )
-    else:
-        w(
+    text = f"## Paired differences: {ref or '(no reference model)'} minus each model\n\n"
+    if not summary["paired"]:
+        return text + (
             "No paired comparison: the suite has no reference model (`reference:` or an `ssn` model) with "
             "finished runs.\n\n"
         )
-
-    w("## 5. How each model combines its heads\n\n")
-    w(
-        "Training loss: weighted sum of each head's mean cross-entropy over the 8 labels. Inference: the "
-        "heads' softmax probabilities are averaged with the inference weights, per label.\n\n"
+    text += (
+        "Percentage points, on the same test cases: seed s of the reference is paired with seed s of the "
+        "other model, per-case scores are averaged over the paired seeds, and the difference of means is "
+        "bootstrapped over cases (95% CI). An interval that excludes 0 is a difference the test "
+        "split can "
+        "resolve.\n\n"
     )
+    rows = []
+    for p in summary["paired"]:
+        if "acc_avg" not in p:
+            rows.append([f"{p['reference']} − {p['model']}", "–", "–", "–", "–", "–", p.get("note", "")])
+            continue
+        a, d = p["acc_avg"], p.get("acc_DIAG") or {}
+        rows.append(
+            [
+                f"{p['reference']} − {p['model']}",
+                str(len(p["seeds"])),
+                _signed(a.get("diff")),
+                f"[{_signed(a.get('ci_low'))}, {_signed(a.get('ci_high'))}]",
+                _signed(d.get("diff")),
+                f"[{_signed(d.get('ci_low'))}, {_signed(d.get('ci_high'))}]",
+                _num(a.get("p_value"), ".3f"),
+            ]
+        )
+    header = ["comparison", "seeds", "Δ average acc", "95% CI", "Δ DIAG acc", "95% CI", "p (two-sided)"]
+    return text + _table(header, rows) + "\n\n"
+
+
+def _head_combination(summary: dict[str, Any], figures: dict[str, str]) -> str:
     rows = [
         [
             m["name"],
@@ -554,28 +554,74 @@ def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
             or f"{m.get('inference_scheme')}: {_weights(m.get('inference_weights'))}",
             _options(m.get("options") or {}),
         ]
-        for m in ok_models
+        for m in _ok_models(summary)
     ]
-    w(
-        _table(["model", "arch", "heads", "training loss weights", "inference", "options"], rows, "llllll")
+    header = ["model", "arch", "heads", "training loss weights", "inference", "options"]
+    return (
+        "## How each model combines its heads\n\n"
+        "Training loss: weighted sum of each head's mean cross-entropy over the 8 labels. Inference: the "
+        "heads' softmax probabilities are averaged with the inference weights, per label.\n\n"
+        + _table(header, rows, "llllll")
         + "\n\n"
     )
 
-    w("## 6. Failed runs\n\n")
-    if summary["failed"]:
-        rows = [[f["job"], str(f.get("type")), str(f.get("message"))] for f in summary["failed"]]
-        w(_table(["job", "error", "message"], rows, "lll") + "\n\n")
-        w("Full tracebacks are in the result files.\n\n")
-    else:
-        w("None.\n\n")
 
-    if figures:
-        w("## Figures\n\n")
-        for title, rel in figures.items():
-            w(f"![{title}]({rel})\n\n")
-    if synthetic:
-        w("---\n*SYNTHETIC data: these numbers validate the pipeline only.*\n")
-    return out.getvalue()
+def _failed_runs(summary: dict[str, Any], figures: dict[str, str]) -> str:
+    if not summary["failed"]:
+        return "## Failed runs\n\nNone.\n\n"
+    rows = [[f["job"], str(f.get("type")), str(f.get("message"))] for f in summary["failed"]]
+    return (
+        "## Failed runs\n\n"
+        + _table(["job", "error", "message"], rows, "lll")
+        + "\n\nFull tracebacks are in the result files.\n\n"
+    )
+
+
+def _figure_links(summary: dict[str, Any], figures: dict[str, str]) -> str:
+    if not figures:
+        return ""
+    return "## Figures\n\n" + "".join(f"![{title}]({rel})\n\n" for title, rel in figures.items())
+
+
+def _footer(summary: dict[str, Any], figures: dict[str, str]) -> str:
+    return "---\n*SYNTHETIC data: these numbers validate the pipeline only.*\n" if _synthetic(summary) else ""
+
+
+Section = Callable[[dict[str, Any], dict[str, str]], str]
+
+#: (numbered, section) in report order; see the comment at the top of this part of the file.
+SECTIONS: list[tuple[bool, Section]] = [
+    (False, _title),
+    (False, _setup),
+    (True, _accuracy),
+    (True, _cost),
+    (True, _diagnosis),
+    (True, _paired_differences),
+    (True, _head_combination),
+    (True, _failed_runs),
+    (False, _figure_links),
+    (False, _footer),
+]
+
+
+def render(summary: dict[str, Any], figures: dict[str, str]) -> str:
+    """report.md: the SECTIONS in order, numbered sections' "## Title" headings as "## <n>. Title"."""
+    parts, number = [], 0
+    for numbered, section in SECTIONS:
+        text = section(summary, figures)
+        if numbered and text.startswith("## "):
+            number += 1
+            text = f"## {number}. {text[3:]}"
+        parts.append(text)
+    return "".join(parts)
+
+
+def _synthetic(summary: dict[str, Any]) -> bool:
+    return (summary.get("dataset") or {}).get("kind") == "SYNTHETIC"
+
+
+def _ok_models(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in summary["models"] if m.get("metrics")]
 
 
 def _short(commit: Any) -> str:

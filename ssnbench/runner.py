@@ -268,6 +268,7 @@ def run_job(
     suite: Suite,
     job: Job,
     data: Data,
+    *,
     device: torch.device,
     env: dict[str, Any],
     profile: dict[str, Any] | None,
@@ -342,7 +343,9 @@ def run_job(
         )
         record.timings = {"train_seconds": result.train_seconds, "test_seconds": result.test_seconds}
         if suite.checkpoint and out is not None:
-            record.checkpoint = write_checkpoint(model, suite, job, record.to_dict(), out)
+            record.checkpoint = write_checkpoint(
+                model, suite=suite, job=job, record=record.to_dict(), out=out
+            )
         del model
         if profile is None:
             try:
@@ -387,7 +390,7 @@ def data_config(suite: Suite) -> dict[str, Any]:
 
 
 def write_checkpoint(
-    model: torch.nn.Module, suite: Suite, job: Job, record: dict[str, Any], out: Path
+    model: torch.nn.Module, *, suite: Suite, job: Job, record: dict[str, Any], out: Path
 ) -> dict[str, Any]:
     """Save the job's chosen weights and the JSON `ssnbench predict` needs; returns what the result
     file records about it (file names and sha256)."""
@@ -471,13 +474,24 @@ def run_suite(
     if device.type == "cpu":
         torch.set_num_threads(suite.train.threads or max(1, min(8, os.cpu_count() or 1)))
     try:
-        return _run(suite, jobs, todo, existing, out, report_dir, device, force, progress)
+        return _run(
+            suite,
+            jobs=jobs,
+            todo=todo,
+            existing=existing,
+            out=out,
+            report_dir=report_dir,
+            device=device,
+            force=force,
+            progress=progress,
+        )
     finally:
         torch.set_num_threads(threads_before)  # the process (a test session) keeps its setting
 
 
 def _run(
     suite: Suite,
+    *,
     jobs: list[Job],
     todo: list[Job],
     existing: dict[str, dict],
@@ -514,7 +528,14 @@ def _run(
             for n, job in enumerate(todo, 1):
                 progress.job_start(n, len(todo), job.id, suite.train.epochs)
                 record = run_job(
-                    suite, job, data, device, env, profiles.get(job.model.name), progress, out
+                    suite,
+                    job,
+                    data,
+                    device=device,
+                    env=env,
+                    profile=profiles.get(job.model.name),
+                    progress=progress,
+                    out=out,
                 )
                 if record["status"] == "ok" and "error" not in record.get("profile", {}):
                     profiles.setdefault(job.model.name, record["profile"])

@@ -156,7 +156,7 @@ def predict(
     `tta` (a `TTA_VIEWS` name) averages the combined probabilities over its views; the loss is the
     plain view's. Without `loss_fn`, or for unlabelled batches, the loss is NaN and labels are empty.
     """
-    from ssnbench.losses import combine_probabilities  # noqa: PLC0415
+    from ssnbench.losses import combine_probabilities
 
     views = TTA_VIEWS[tta] if tta else (None,)
     model.eval()
@@ -220,7 +220,7 @@ def fit(
     Raises NonFiniteLossError when the loss, the gradients or the outputs stop being finite; the
     runner records it.
     """
-    from ssnbench.metrics import evaluate  # noqa: PLC0415
+    from ssnbench.metrics import evaluate
 
     cuda = device.type == "cuda"
     amp = spec.amp and cuda

@@ -212,3 +212,18 @@ def test_report_does_not_import_torch(results_dir: Path, tmp_path: Path) -> None
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "r" / "report.md").is_file()
+
+
+def test_a_new_section_is_one_function_in_sections(
+    results_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ssnbench import report
+
+    def claims(summary: dict, figures: dict) -> str:
+        return f"## Claims\n\n{len(summary['models'])} models.\n\n"
+
+    at = report.SECTIONS.index((True, report._accuracy)) + 1
+    monkeypatch.setattr(report, "SECTIONS", [*report.SECTIONS[:at], (True, claims), *report.SECTIONS[at:]])
+    text = write_report(load_results(results_dir), tmp_path / "r").read_text()
+    assert "## 1. Test accuracy" in text and "## 2. Claims\n\n4 models." in text
+    assert "## 3. Cost" in text and "## 7. Failed runs" in text and "## Setup" in text

@@ -46,7 +46,7 @@ def check_image_header(path: Path, border_crop: int = 0) -> tuple[int, int]:
 
 
 def _check_size(path: Path, size: tuple[int, int], border_crop: int) -> tuple[int, int]:
-    from ssnbench.preflight import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE  # noqa: PLC0415
+    from ssnbench.preflight import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 
     w, h = size
     if w * h > MAX_IMAGE_PIXELS:
@@ -61,7 +61,7 @@ def _check_size(path: Path, size: tuple[int, int], border_crop: int) -> tuple[in
 
 
 def _image_error(path: Path, err: BaseException) -> DatasetError:
-    from ssnbench.preflight import MAX_IMAGE_PIXELS  # noqa: PLC0415
+    from ssnbench.preflight import MAX_IMAGE_PIXELS
 
     if not Path(path).is_file():
         return DatasetError(f"{path}: image not found")
