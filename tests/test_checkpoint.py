@@ -13,7 +13,7 @@ import torch
 from ssnbench import cli
 from ssnbench.checkpoint import CheckpointError, load_checkpoint
 from ssnbench.config import load
-from ssnbench.data.derm7pt import LABELS
+from ssnbench.data.labels import LABELS
 from ssnbench.predict import predict_checkpoint
 from ssnbench.progress import Progress
 from ssnbench.results import read_result

@@ -16,9 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ssnbench.data.labels import CLASSES, LABELS, MEL_INDEX, NUM_CLASSES  # noqa: F401 - the last two re-exported for
-
-# code written before data/labels.py owned them; new code imports them from there
+from ssnbench.data.labels import CLASSES, LABELS
 from ssnbench.errors import DatasetError
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")

@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-from ssnbench.data.derm7pt import CLASSES, LABEL_COLUMNS, LABELS, META_COLUMNS, RAW_VALUES
+from ssnbench.data.derm7pt import LABEL_COLUMNS, META_COLUMNS, RAW_VALUES
+from ssnbench.data.labels import CLASSES, LABELS
 from ssnbench.errors import DatasetError
 
 GENERATOR_VERSION = 1
