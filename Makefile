@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-compare mutation clean
+.PHONY: setup demo calibration test lint bench bench-compare mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,12 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ssnbench run suites/demo.yaml
+
+# Power and false positives of the fusion-vs-derm claim at planted clinical-informativeness levels
+# (docs/planted.md); slower than the demo (one demo-sized run per level).
+CAL_LEVELS ?= 0,0.5,1
+calibration: $(STAMP)
+	$(BIN)/python -m ssnbench.calibration suites/calibration.yaml --levels $(CAL_LEVELS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

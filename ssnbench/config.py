@@ -49,6 +49,9 @@ class DatasetSpec:
     cases: int = 1011  # synthetic only
     seed: int = 0  # synthetic only
     source_size: int = 128  # synthetic only: side of the generated JPEGs
+    # synthetic only: overrides of the planted design (data.synthetic.PlantedDesign: derm, clinic,
+    # clinic_extra, label_noise); None = the default design
+    planted: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class Suite:
     reference: str | None = None  # model name compared (paired) against every other model
     eval: EvalSpec = EvalSpec()
     checkpoint: bool = True  # write <out>/<job>.safetensors + .checkpoint.json (ssnbench predict)
+    margin: float = 0.01  # `stats.margin`: non-inferiority margin of the Claims section (fraction)
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
@@ -243,6 +247,7 @@ _DATASET_KEYS = (
     "cases",
     "seed",
     "source_size",
+    "planted",
 )
 _TRAIN_KEYS = tuple(TrainSpec.__dataclass_fields__)
 _PROFILE_KEYS = tuple(ProfileSpec.__dataclass_fields__)
@@ -259,6 +264,7 @@ _TOP_KEYS = (
     "reference",
     "eval",
     "checkpoint",
+    "stats",
 )
 TTA_CHOICES = ("none", "flips")
 
@@ -286,12 +292,23 @@ def _dataset(ctx: _Ctx, raw: Any, base_dir: Path, check_data: bool) -> DatasetSp
                 raise ctx.fail(
                     _join(path, key), "not used by kind synthetic (data is generated into the cache)"
                 )
+        if "planted" in raw:
+            from ssnbench.data.synthetic import PlantedDesign
+
+            if not isinstance(raw["planted"], dict):
+                raise ctx.fail("dataset.planted", f"expected a mapping, got {typename(raw['planted'])}")
+            try:
+                PlantedDesign.from_overrides(raw["planted"])
+            except ConfigError as exc:  # "planted.<key>: <what>"
+                key, _, what = str(exc).partition(": ")
+                raise ctx.fail(_join("dataset", key), what) from None
+            kw["planted"] = raw["planted"]
         if kw.get("cases", 1011) < 20:
             raise ctx.fail(
                 "dataset.cases", f"expected at least 20 cases (train/valid/test splits), got {kw['cases']}"
             )
     else:
-        for key in ("cases", "seed", "source_size"):
+        for key in ("cases", "seed", "source_size", "planted"):
             if key in raw:
                 raise ctx.fail(_join(path, key), "only used by kind synthetic")
         if "root" not in raw:
@@ -585,6 +602,13 @@ def _load(p: Path, raw: Any, check_models: bool, check_data: bool) -> Suite:
     profile = _profile(ctx, raw.get("profile"))
     eval_spec = _eval(ctx, raw.get("eval"))
     checkpoint = _bool(ctx, "checkpoint", raw["checkpoint"]) if "checkpoint" in raw else True
+    margin = 0.01
+    if raw.get("stats") is not None:
+        _mapping(ctx, "stats", raw["stats"], ("margin",))
+        if "margin" in raw["stats"]:
+            margin = _float(ctx, "stats.margin", raw["stats"]["margin"], minimum=0.0)
+            if margin >= 1:
+                raise ctx.fail("stats.margin", f"expected a fraction below 1 (0.01 = 1 point), got {margin}")
 
     seeds_raw = raw.get("seeds", [0])
     if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool):
@@ -631,4 +655,5 @@ def _load(p: Path, raw: Any, check_models: bool, check_data: bool) -> Suite:
         reference=reference,
         eval=eval_spec,
         checkpoint=checkpoint,
+        margin=margin,
     )

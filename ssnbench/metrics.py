@@ -9,7 +9,7 @@ Everything is computed with scikit-learn / scipy (no hand-written metric code) o
   sensitivity/specificity. A DIAG class absent from the test labels has no AUC: the macro AUC is
   taken over the classes present and `diag_auc_n_classes` says how many that was (NaN if < 1).
 * `bootstrap_ci`: percentile/BCa CI of the mean of per-case scores (scipy.stats.bootstrap).
-* `paired_bootstrap`: model A minus model B on the SAME test cases (resampling cases jointly).
+Paired comparisons, seed-aware intervals and tests live in `ssnbench.stats`.
 * `mean_std`: mean ± sample std over seeds.
 All randomness comes from an explicit seed, so the same inputs give the same numbers.
 """
@@ -30,7 +30,6 @@ __all__ = [
     "bootstrap_ci",
     "evaluate",
     "mean_std",
-    "paired_bootstrap",
     "per_case_accuracy",
     "predictions",
 ]
@@ -144,52 +143,6 @@ def bootstrap_ci(
         return float(x[0]), float(x[0])
     res = _bootstrap((x,), _mean, confidence, n_resamples, seed, method, paired=False)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def paired_bootstrap(
-    values_a: np.ndarray,
-    values_b: np.ndarray,
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Model A minus model B on the same test cases: mean difference, its CI and a bootstrap p.
-
-    `values_*` are per-case scores in the same case order (e.g. `per_case_accuracy`). Cases are
-    resampled jointly (the pairing removes the between-case variance both models share).
-    `p_value` is two-sided, 2·min(P*(diff ≤ 0), P*(diff ≥ 0)) under the bootstrap distribution
-    (a "p-value-ish" fraction, not an exact test); `frac_a_better` is P*(diff > 0).
-    """
-    a = np.asarray(values_a, dtype=np.float64).ravel()
-    b = np.asarray(values_b, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"paired_bootstrap needs the same cases for A and B, got {a.shape} and {b.shape}")
-    d = a - b
-    out = {
-        "diff": float(d.mean()) if d.size else math.nan,
-        "n_cases": float(d.size),
-        "confidence": float(confidence),
-    }
-    if d.size < 2 or np.all(d == d[0]):
-        v = out["diff"]
-        # every resample gives the same difference: p is 1 when it is 0, else 0
-        out.update(
-            ci_low=v,
-            ci_high=v,
-            p_value=math.nan if d.size < 2 else float(v == 0),
-            frac_a_better=float(v > 0) if d.size else math.nan,
-        )
-        return out
-    res = _bootstrap((d,), _mean, confidence, n_resamples, seed, "percentile", paired=False)
-    dist = np.asarray(res.bootstrap_distribution)
-    le, ge = float(np.mean(dist <= 0)), float(np.mean(dist >= 0))
-    out.update(
-        ci_low=float(res.confidence_interval.low),
-        ci_high=float(res.confidence_interval.high),
-        p_value=min(1.0, 2.0 * min(le, ge)),
-        frac_a_better=float(np.mean(dist > 0)),
-    )
-    return out
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -21,9 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from ssnbench import stats
+from ssnbench.claims import evaluate_claims, finish_verdicts, paired_case_scores
 from ssnbench.data.labels import LABELS
 from ssnbench.errors import UserError
-from ssnbench.results import json_safe, scan_results, unpack_classes, write_atomic
+from ssnbench.results import json_safe, scan_results, unpack_classes, unpack_probs, write_atomic
 
 DIAG_KEYS = ("diag_balanced_acc", "diag_auc_macro", "mel_sensitivity", "mel_specificity")
 SYNTHETIC_BANNER = (
@@ -92,46 +94,39 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(m), float(s)
 
 
-def _ci(scores: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap CI of the mean of per-case scores."""
-    from ssnbench.metrics import bootstrap_ci
-
-    lo, hi = bootstrap_ci(scores, seed=seed)
-    return float(lo), float(hi)
+def _ci(scores: np.ndarray, seed: int = 0) -> stats.Interval:
+    """95% two-level bootstrap CI (seeds, then cases) of the mean of per-case scores [S, N]."""
+    return stats.two_level_bootstrap(scores, seed=seed)
 
 
-def _paired(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Paired bootstrap of mean(a) - mean(b) on the same cases."""
-    from ssnbench.metrics import paired_bootstrap
+def _diag_cis(runs: list[dict]) -> dict[str, list[float]]:
+    """95% two-level bootstrap CIs of the DIAG metrics (runs on the same cases in the same order)."""
+    from ssnbench.data.labels import MEL_INDEX, NUM_CLASSES
 
-    out = paired_bootstrap(a, b, seed=seed)
-    return {k: float(v) for k, v in dict(out).items()}
+    y = unpack_classes(runs[0]["predictions"]["labels"])[:, 0]
+    pred = np.stack([unpack_classes(r["predictions"]["pred"])[:, 0] for r in runs])
+    metrics = {
+        "diag_balanced_acc": (lambda t, p: stats.multiclass_balanced_accuracy(t, p, NUM_CLASSES[0]), pred),
+        "mel_sensitivity": (lambda t, p: stats.binary_rates(t, p, MEL_INDEX)[0], pred),
+        "mel_specificity": (lambda t, p: stats.binary_rates(t, p, MEL_INDEX)[1], pred),
+    }
+    if all(r["predictions"].get("diag_probs") for r in runs):
+        probs = np.stack([unpack_probs(r["predictions"]["diag_probs"]) for r in runs])
+        metrics["diag_auc_macro"] = (stats.ovr_macro_auc, probs)
+    out = {}
+    for key, (fn, outputs) in metrics.items():
+        iv = stats.bootstrap_metric(fn, y, outputs, n_resamples=1000)
+        out[key] = [iv.low, iv.high]
+    return out
 
 
-def _aligned(
-    runs_a: list[dict], runs_b: list[dict], score
-) -> tuple[np.ndarray, np.ndarray, list[int]] | None:
-    """Per-case scores of two models averaged over their COMMON seeds, on the same cases in the same
-    order (seed s of one paired with seed s of the other)."""
-    a_by_seed = {r["seed"]: r for r in runs_a}
-    b_by_seed = {r["seed"]: r for r in runs_b}
-    seeds = sorted(set(a_by_seed) & set(b_by_seed))
-    if not seeds:
-        return None
-    sa, sb = [], []
-    for s in seeds:
-        ids_a = a_by_seed[s]["predictions"]["case_ids"]
-        ids_b = b_by_seed[s]["predictions"]["case_ids"]
-        if ids_a != ids_b:
-            index = {c: i for i, c in enumerate(ids_b)}
-            if set(index) != set(ids_a):
-                return None
-            order = [index[c] for c in ids_a]
-        else:
-            order = list(range(len(ids_b)))
-        sa.append(score(a_by_seed[s]))
-        sb.append(score(b_by_seed[s])[order])
-    return np.mean(sa, axis=0), np.mean(sb, axis=0), seeds
+def _paired(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """A − B on the same cases ([S, N] per-case scores, seeds paired): two-level bootstrap CI and
+    the sign-flip permutation p."""
+    res = stats.paired_difference(a, b, seed=seed)
+    d = res.diff
+    return {"diff": d.estimate, "ci_low": d.low, "ci_high": d.high, "levels": d.levels,
+            "p_value": res.p_value}
 
 
 def summarize(records: list[dict]) -> dict[str, Any]:
@@ -154,10 +149,12 @@ def summarize(records: list[dict]) -> dict[str, Any]:
             for k in keys:
                 m, s = _mean_std([r["metrics"][k] for r in ok])
                 entry["metrics"][k] = {"mean": m, "std": s}
-            scores = (
-                np.mean([case_scores(r)[1] for r in ok], axis=0) if _same_cases(ok) else case_scores(ok[0])[1]
-            )
-            entry["acc_avg_ci95"] = list(_ci(scores))
+            scores = np.stack([case_scores(r)[1] for r in ok]) if _same_cases(ok) else case_scores(ok[0])[1]
+            ci = _ci(scores)
+            entry["acc_avg_ci95"] = [ci.low, ci.high]
+            entry["ci_levels"] = ci.levels
+            if _same_cases(ok):
+                entry["diag_ci95"] = _diag_cis(ok)
             entry["best_epochs"] = [r.get("best_epoch") for r in ok]
             entry["train_seconds"] = [r.get("timings", {}).get("train_seconds") for r in ok]
             entry["heads"] = ok[0].get("heads")
@@ -177,17 +174,26 @@ def summarize(records: list[dict]) -> dict[str, Any]:
             if name == reference or not _ok(runs):
                 continue
             row: dict[str, Any] = {"reference": reference, "model": name}
-            avg = _aligned(ref_runs, _ok(runs), lambda r: case_scores(r)[1])
+            avg = paired_case_scores(ref_runs, _ok(runs), lambda r: case_scores(r)[1])
             if avg is None:
                 row["note"] = "no common seeds or different test cases"
             else:
                 a, b, seeds = avg
                 row["seeds"] = seeds
                 row["acc_avg"] = _paired(a, b)
-                diag = _aligned(ref_runs, _ok(runs), lambda r: case_correct(r, 0))
+                diag = paired_case_scores(ref_runs, _ok(runs), lambda r: case_correct(r, 0))
                 if diag is not None:
                     row["acc_DIAG"] = _paired(diag[0], diag[1])
+                    row["acc_DIAG"]["p_mcnemar"] = stats.mcnemar_exact(diag[0], diag[1])["p_value"]
             paired.append(row)
+    dataset = latest_dataset(records)
+    planted = ((dataset or {}).get("synthetic") or {}).get("planted")
+    margin = float(next((r["stats"]["margin"] for r in records if isinstance(r.get("stats"), dict)
+                         and "margin" in r["stats"]), stats.DEFAULT_MARGIN))
+    claim_rows = evaluate_claims(models, {n: _ok(r) for n, r in groups}, lambda r: case_scores(r)[1],
+                                 planted=planted, margin=margin)
+    _holm_all(paired, claim_rows)
+    finish_verdicts(claim_rows)
 
     ok_records = _ok(records)
     latest = max(ok_records or records, key=lambda r: r.get("finished_at", ""))
@@ -218,10 +224,44 @@ def summarize(records: list[dict]) -> dict[str, Any]:
         "reference": reference,
         "models": models,
         "paired": paired,
+        "claims": claim_rows,
+        "margin": margin,
         "failed": failed,
         "runs": [_run_row(r) for r in sorted(records, key=_run_order)],
         "job_seconds": float(sum((r.get("timings") or {}).get("total_seconds") or 0.0 for r in records)),
     }
+
+
+def latest_dataset(records: list[dict]) -> dict | None:
+    """The dataset block of the most recent finished run (what the report describes)."""
+    ok = _ok(records) or records
+    return max(ok, key=lambda r: r.get("finished_at", "")).get("dataset") if ok else None
+
+
+def _holm_all(paired: list[dict], claim_rows: list[dict]) -> None:
+    """Holm across every test the report shows (paired rows: average accuracy sign-flip and DIAG
+    McNemar; claims: sign-flip). The same comparison appearing twice is one test of the family."""
+    family: dict[tuple, float] = {}
+    for p in paired:
+        if "acc_avg" in p:
+            family[(p["reference"], p["model"], "avg")] = p["acc_avg"]["p_value"]
+        if "acc_DIAG" in p:
+            family[(p["reference"], p["model"], "diag_mcnemar")] = p["acc_DIAG"]["p_mcnemar"]
+    for c in claim_rows:
+        if "p_value" in c:
+            family[(c["a"], c["b"], "avg")] = c["p_value"]
+    keys = list(family)
+    adjusted = dict(zip(keys, stats.holm([family[k] for k in keys]), strict=True))
+    for p in paired:
+        if "acc_avg" in p:
+            p["acc_avg"]["p_holm"] = adjusted[(p["reference"], p["model"], "avg")]
+        if "acc_DIAG" in p:
+            p["acc_DIAG"]["p_mcnemar_holm"] = adjusted[(p["reference"], p["model"], "diag_mcnemar")]
+    for c in claim_rows:
+        if "p_value" in c:
+            c["p_holm"] = adjusted[(c["a"], c["b"], "avg")]
+    for row in [*paired, *claim_rows]:
+        row["holm_family_size"] = len(keys)
 
 
 def _run_order(r: dict) -> tuple:
@@ -396,9 +436,10 @@ def _accuracy(summary: dict[str, Any], figures: dict[str, str]) -> str:
     maj = ((summary.get("dataset") or {}).get("majority") or {}).get("metrics") or {}
     text = "## Test accuracy (%)\n\n" + (
         "Top-1 accuracy of each label and their unweighted mean on the test split, evaluated once with the "
-        "checkpoint chosen on the validation split; mean ± std over seeds. 95% CI: bootstrap over test cases "
-        "of the average accuracy (per-case scores averaged over seeds). The last row predicts each label's "
-        "most frequent TRAIN class for every test case: the floor any model must clear.\n\n"
+        "checkpoint chosen on the validation split; mean ± std over seeds. 95% CI of the average accuracy: "
+        "two-level bootstrap (seeds, then test cases), so it carries training variance as well as test-set "
+        "variance; a model with one seed falls back to test cases only (marked ¹). The last row predicts "
+        "each label's most frequent TRAIN class for every test case: the floor any model must clear.\n\n"
     )
     header = ["model", *LABELS, "average", "95% CI", "seeds"]
     rows = []
@@ -409,7 +450,7 @@ def _accuracy(summary: dict[str, Any], figures: dict[str, str]) -> str:
                 f"{m['name']}",
                 *(_pm(m["metrics"].get(f"acc_{lab}")) for lab in LABELS),
                 f"**{_pm(m['metrics'].get('acc_avg'))}**",
-                f"[{_pct(ci[0])}, {_pct(ci[1])}]",
+                f"[{_pct(ci[0])}, {_pct(ci[1])}]" + ("¹" if m.get("ci_levels") == "cases" else ""),
                 str(len(m["seeds"])),
             ]
         )
@@ -497,11 +538,15 @@ def _cost(summary: dict[str, Any], figures: dict[str, str]) -> str:
 
 
 def _diagnosis(summary: dict[str, Any], figures: dict[str, str]) -> str:
-    rows = [[m["name"], *(_pm(m["metrics"].get(k)) for k in DIAG_KEYS)] for m in _ok_models(summary)]
+    rows = [
+        [m["name"], *(_pm(m["metrics"].get(k)) + _ci_text((m.get("diag_ci95") or {}).get(k))
+                      for k in DIAG_KEYS)]
+        for m in _ok_models(summary)
+    ]
     return (
         "## Diagnosis (DIAG)\n\n"
         "Balanced accuracy over the 5 classes, macro one-vs-rest AUC, melanoma sensitivity and specificity "
-        "(%, mean ± std over seeds).\n\n"
+        "(%, mean ± std over seeds, then the 95% two-level bootstrap CI in brackets: seeds, then cases).\n\n"
         + _table(["model", "balanced acc", "macro AUC", "MEL sensitivity", "MEL specificity"], rows)
         + "\n\n"
     )
@@ -517,15 +562,16 @@ def _paired_differences(summary: dict[str, Any], figures: dict[str, str]) -> str
         )
     text += (
         "Percentage points, on the same test cases: seed s of the reference is paired with seed s of the "
-        "other model, per-case scores are averaged over the paired seeds, and the difference of means is "
-        "bootstrapped over cases (95% CI). An interval that excludes 0 is a difference the test "
-        "split can "
-        "resolve.\n\n"
+        "other model. 95% CI: two-level bootstrap of the per-case differences (seeds, then cases). p: "
+        "two-sided sign-flip permutation test on the seed-averaged per-case differences (average "
+        "accuracy) and exact McNemar test on DIAG correctness; Holm-adjusted over all "
+        f"{summary['paired'][0].get('holm_family_size', 0)} tests of this report (paired rows and claims) "
+        "in brackets. An interval that excludes 0 is a difference the test split can resolve.\n\n"
     )
     rows = []
     for p in summary["paired"]:
         if "acc_avg" not in p:
-            rows.append([f"{p['reference']} − {p['model']}", "–", "–", "–", "–", "–", p.get("note", "")])
+            rows.append([f"{p['reference']} − {p['model']}", *["–"] * 6, p.get("note", "")])
             continue
         a, d = p["acc_avg"], p.get("acc_DIAG") or {}
         rows.append(
@@ -534,13 +580,75 @@ def _paired_differences(summary: dict[str, Any], figures: dict[str, str]) -> str
                 str(len(p["seeds"])),
                 _signed(a.get("diff")),
                 f"[{_signed(a.get('ci_low'))}, {_signed(a.get('ci_high'))}]",
+                _p(a.get("p_value"), a.get("p_holm")),
                 _signed(d.get("diff")),
                 f"[{_signed(d.get('ci_low'))}, {_signed(d.get('ci_high'))}]",
-                _num(a.get("p_value"), ".3f"),
+                _p(d.get("p_mcnemar"), d.get("p_mcnemar_holm")),
             ]
         )
-    header = ["comparison", "seeds", "Δ average acc", "95% CI", "Δ DIAG acc", "95% CI", "p (two-sided)"]
+    header = ["comparison", "seeds", "Δ average acc", "95% CI", "p [Holm]", "Δ DIAG acc", "95% CI",
+              "McNemar p [Holm]"]
     return text + _table(header, rows) + "\n\n"
+
+
+def _claims(summary: dict[str, Any], figures: dict[str, str]) -> str:
+    """The Claims section: one row per paper claim the suite's models can test (ssnbench.claims)."""
+    rows_in = summary.get("claims") or []
+    out = ["## Claims\n\n"]
+    if not rows_in:
+        out.append("No claim of the paper can be tested with this suite's models (see ssnbench/claims.py for "
+                   "which models each claim needs).\n\n")
+        return "".join(out)
+    synthetic = any(r.get("planted") for r in rows_in)
+    out.append(
+        "Models are matched by what they are (arch, loss, defining options), not by name. Δ: A − B in "
+        "average accuracy (points) with its 95% two-level bootstrap CI; p: sign-flip permutation test, raw "
+        "and Holm-adjusted over every test in this report. Superiority is *supported* when the CI excludes 0 "
+        "and Holm p < 0.05, *contradicted* when it excludes 0 the other way, else *not resolved*. "
+        f"Non-inferiority: CI lower bound above −{100 * summary.get('margin', 0.01):g} points (the suite's "
+        "`stats.margin`) and SSN at ≤60% of the dual model's parameters."
+        + (" *Planted*: what the synthetic data's design makes true (meta/planted.json); a verdict should "
+           "agree with it." if synthetic else "")
+        + "\n\n"
+    )
+    header = ["claim", "A", "B", "seeds", "Δ avg acc", "95% CI", "p", "p Holm", "verdict"]
+    if synthetic:
+        header.append("planted")
+    rows = []
+    for c in rows_in:
+        d = c.get("diff") or {}
+        verdict = f"**{c.get('verdict', 'not resolved')}**" + (f" ({c['note']})" if c.get("note") else "")
+        row = [
+            c["claim"], c["a"], c["b"], str(len(c.get("seeds") or [])),
+            _signed(d.get("estimate")), f"[{_signed(d.get('low'))}, {_signed(d.get('high'))}]",
+            _num(c.get("p_value"), ".3g"), _num(c.get("p_holm"), ".3g"), verdict,
+        ]
+        if synthetic:
+            row.append(c.get("planted") or "")
+        rows.append(row)
+    out.append(_table(header, rows, "lll" + "r" * 5 + "l" * (len(header) - 8)) + "\n\n")
+    ssn_row = next((c for c in rows_in if c["id"] == "ssn_beats_best_single"), None)
+    if ssn_row and ssn_row.get("verdict") != "supported":
+        out.append(
+            f"**SSN itself does not beat the best single-modality model ({ssn_row['b']}) in this run** "
+            f"(verdict: {ssn_row.get('verdict')}).\n\n"
+        )
+    levels = {(c.get("diff") or {}).get("levels") for c in rows_in if c.get("diff")}
+    if "cases" in levels:
+        out.append("One seed: these intervals resample test cases only (no training variance).\n\n")
+    return "".join(out)
+
+
+def _p(raw: float | None, adjusted: float | None) -> str:
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        return "–"
+    return f"{raw:.3g}" + (f" [{adjusted:.3g}]" if adjusted is not None and not math.isnan(adjusted) else "")
+
+
+def _ci_text(ci: list[float] | None) -> str:
+    if not ci or any(v is None or math.isnan(v) for v in ci):
+        return ""
+    return f" [{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
 def _head_combination(summary: dict[str, Any], figures: dict[str, str]) -> str:
@@ -597,6 +705,7 @@ SECTIONS: list[tuple[bool, Section]] = [
     (True, _cost),
     (True, _diagnosis),
     (True, _paired_differences),
+    (True, _claims),
     (True, _head_combination),
     (True, _failed_runs),
     (False, _figure_links),

@@ -90,6 +90,7 @@ class ResultRecord:
     error: JobError | None = None
     train: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)  # evaluation settings (e.g. test-time augmentation)
+    stats: dict[str, Any] | None = None  # the suite's statistics settings (stats.margin)
     dataset: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)  # env.Environment.to_dict()
     started_at: str | None = None

@@ -103,7 +103,8 @@ def synthetic_root_path(spec: DatasetSpec, cache: Path | None = None) -> Path:
 
     cache = cache or cache_root()
     source = Path(synthetic.__file__).read_bytes()
-    key = json.dumps({"cases": spec.cases, "seed": spec.seed, "size": spec.source_size}, sort_keys=True)
+    key = json.dumps({"cases": spec.cases, "seed": spec.seed, "size": spec.source_size,
+                      "planted": spec.planted or {}}, sort_keys=True)
     digest = hashlib.sha256(key.encode() + source).hexdigest()[:12]
     return cache / f"synthetic-{spec.cases}c-s{spec.seed}-{spec.source_size}px-{digest}"
 
@@ -128,7 +129,8 @@ def synthetic_root(spec: DatasetSpec, cache: Path | None = None, progress: Progr
     if (final / "release_v0" / "meta" / "meta.csv").is_file():
         return final / "release_v0"
     with synthetic.working_dir(cache, f".{final.name}.") as tmp:
-        synthetic.generate(tmp, cases=spec.cases, seed=spec.seed, image_size=spec.source_size)
+        synthetic.generate(tmp, cases=spec.cases, seed=spec.seed, image_size=spec.source_size,
+                           planted=spec.planted)
         synthetic.release_working_dir(tmp)
         try:
             os.replace(tmp, final)
@@ -190,6 +192,9 @@ def open_data(spec: DatasetSpec, progress: Progress | None = None, cache: Path |
     }
     if spec.kind == "synthetic":
         info["synthetic"] = {"cases": spec.cases, "seed": spec.seed, "source_size": spec.source_size}
+        planted = Path(root) / "meta" / "planted.json"
+        if planted.is_file():  # the ground truth the report's Claims section compares verdicts with
+            info["synthetic"]["planted"] = json.loads(planted.read_text())
     return Data(datasets, info)
 
 
@@ -288,6 +293,7 @@ def run_job(
         suite_file=suite.path,
         suite_description=suite.description,
         reference=suite.reference,
+        stats={"margin": suite.margin},
         job=job.id,
         job_hash=job_hash(suite, job),
         model_index=job.model_index,

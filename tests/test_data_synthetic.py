@@ -92,3 +92,58 @@ def test_grouped_labels_of_plan_use_class_names():
     for p in plan:
         for j, name in enumerate(LABELS):
             assert RAW_VALUES[name][p.raw[j]] == CLASSES[name][p.labels[j]]
+
+
+def _probe_auc(design_overrides: dict, label: str, n_each: int = 30, size: int = 24) -> dict[str, float]:
+    """Cross-validated AUC of a logistic regression on downsampled pixels, per modality, for a
+    binary label. Nevi only, so that no other label (all drawn given DIAG) predicts it; the
+    downsampled pixels are sorted per channel so that where the lesion sits does not matter."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    from ssnbench.data.synthetic import PlantedDesign
+
+    design = PlantedDesign.from_overrides(design_overrides)
+    j = LABELS.index(label)
+    nevi = [c for c in plan_cases(1011, 0) if c.shown[0] == CLASSES["DIAG"].index("NEV")]
+    cases = [c for c in nevi if c.shown[j] == 1][:n_each] + [c for c in nevi if c.shown[j] == 0][:n_each]
+    feats: dict[str, list[np.ndarray]] = {"clinic": [], "derm": []}
+    for case in cases:
+        clinic, derm = render_pair(case, 0, size, design)
+        for name, image in (("clinic", clinic), ("derm", derm)):
+            px = image.reshape(size // 2, 2, size // 2, 2, 3).mean(axis=(1, 3)).reshape(-1, 3) / 255.0
+            blue = px[:, 2] - px[:, 0]
+            feats[name].append(np.concatenate([np.sort(px, axis=0)[::6].ravel(), np.sort(blue)[::6]]))
+    y = np.array([c.shown[j] for c in cases])
+    return {name: float(cross_val_score(LogisticRegression(max_iter=3000), np.asarray(x), y, cv=5,
+                                        scoring="roc_auc").mean()) for name, x in feats.items()}
+
+
+def test_planted_visibility_steers_what_a_probe_learns():
+    # BWV drawn only in dermoscopy: a pixel probe finds it there and not in the clinical photo ...
+    derm_only = _probe_auc({"derm": {"BWV": 1.0}, "clinic": {"BWV": 0.0}}, "BWV")
+    assert derm_only["derm"] > 0.85
+    assert derm_only["clinic"] < 0.7
+    # ... and no longer in dermoscopy once the design hides it there.
+    hidden = _probe_auc({"derm": {"BWV": 0.0}, "clinic": {"BWV": 0.0}}, "BWV")
+    assert hidden["derm"] < 0.7
+
+
+def test_planted_json_and_label_statistics_do_not_depend_on_the_design(tmp_path):
+    import json
+
+    from ssnbench.data.synthetic import DERM_VISIBILITY, PlantedDesign
+
+    root = generate(tmp_path / "a", cases=20, seed=3, image_size=24, planted={"clinic_extra": 0.0})
+    truth = json.loads((root / "meta" / "planted.json").read_text())
+    assert truth["visibility"]["derm"] == DERM_VISIBILITY
+    assert truth["expected"]["clinic_adds_information"] is False  # nothing extra at clinic_extra 0
+    assert all(truth["visibility"]["clinic"][k] <= DERM_VISIBILITY[k] for k in LABELS)
+    assert 0.8 < truth["ceiling"]["all"]["avg"] <= 1.0 and truth["label_noise"] == 0.08
+    default = generate(tmp_path / "b", cases=20, seed=3, image_size=24)
+    assert json.loads((default / "meta" / "planted.json").read_text())["expected"]["clinic_adds_information"]
+    assert (root / "meta" / "meta.csv").read_bytes() == (default / "meta" / "meta.csv").read_bytes()
+    with pytest.raises(Exception, match=r"planted\.derm\.XYZ: unknown label"):
+        PlantedDesign.from_overrides({"derm": {"XYZ": 1.0}})
+    with pytest.raises(Exception, match=r"planted\.clinic_extra: expected a number in \[0, 1\]"):
+        PlantedDesign.from_overrides({"clinic_extra": 2})

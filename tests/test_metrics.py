@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ssnbench.data.labels import NUM_CLASSES
-from ssnbench.metrics import bootstrap_ci, evaluate, mean_std, paired_bootstrap, per_case_accuracy
+from ssnbench.metrics import bootstrap_ci, evaluate, mean_std, per_case_accuracy
 
 
 def _onehot(pred, k, conf=0.9):
@@ -72,23 +72,6 @@ def test_bootstrap_ci_deterministic():
     assert lo < x.mean() < hi
     assert bootstrap_ci(np.full(10, 0.5)) == (0.5, 0.5)
     assert all(math.isnan(v) for v in bootstrap_ci([0.5]))
-
-
-def test_paired_bootstrap():
-    rng = np.random.default_rng(1)
-    b = rng.integers(0, 9, size=80) / 8
-    same = paired_bootstrap(b, b)
-    assert same["diff"] == 0 and same["p_value"] == 1.0
-    a = np.clip(b + 0.25, 0, 1)  # A better on almost every case
-    out = paired_bootstrap(a, b, seed=5, n_resamples=500)
-    assert out["diff"] == pytest.approx((a - b).mean())
-    assert 0 < out["ci_low"] < out["diff"] < out["ci_high"]
-    assert out["p_value"] < 0.01 and out["frac_a_better"] == 1.0
-    assert out == paired_bootstrap(a, b, seed=5, n_resamples=500)
-    noisy = paired_bootstrap(rng.random(80), rng.random(80), n_resamples=500)
-    assert noisy["ci_low"] < 0 < noisy["ci_high"] and noisy["p_value"] > 0.05
-    with pytest.raises(ValueError):
-        paired_bootstrap(a, b[:-1])
 
 
 def test_mean_std():

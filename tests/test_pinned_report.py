@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssnbench.metrics import bootstrap_ci
 from ssnbench.report import summarize, write_report
+from ssnbench.stats import two_level_bootstrap
 
 LABELS = ("DIAG", "PN", "BWV", "VS", "PIG", "STR", "DaG", "RS")
 N = 10
@@ -97,10 +97,13 @@ def test_summary_numbers(records: list[dict]) -> None:
         other["metrics"]["acc_avg"]["mean"] == pytest.approx(0.7) and other["metrics"]["acc_avg"]["std"] == 0
     )
     assert ref["metrics"]["diag_balanced_acc"] == pytest.approx({"mean": 0.6, "std": 0.2 / np.sqrt(2)})
-    # the CI is over per-case scores averaged over the seeds: case 8 is right in one seed of two
-    per_case = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0.5, 0])
-    assert ref["acc_avg_ci95"] == pytest.approx(list(bootstrap_ci(per_case, seed=0)))
-    assert twin["acc_avg_ci95"] == pytest.approx(list(bootstrap_ci(per_case[::-1], seed=0)))  # its own order
+    # the CI is a two-level bootstrap (seeds, then cases) of the per-case scores of each seed:
+    # seed 0 is wrong on cases 8 and 9, seed 1 on case 9
+    per_case = np.array([[1, 1, 1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]], dtype=float)
+    iv = two_level_bootstrap(per_case, seed=0)
+    assert ref["acc_avg_ci95"] == pytest.approx([iv.low, iv.high]) and ref["ci_levels"] == "seeds+cases"
+    iv = two_level_bootstrap(per_case[:, ::-1], seed=0)  # its own case order
+    assert twin["acc_avg_ci95"] == pytest.approx([iv.low, iv.high])
     pairs = {p["model"]: p for p in summary["paired"]}
     assert set(pairs) == {"other", "twin"}
     # ref - other per case (seed-averaged): case 0 +1, case 5 +0.5, the rest 0
@@ -153,23 +156,22 @@ def test_report_tables_show_the_numbers(records: list[dict], tmp_path: Path) -> 
     assert _row(text, "ref", acc)[10] == f"[{100 * lo:.1f}, {100 * hi:.1f}]"
     assert _row(text, "other", acc)[1:10] == [*["70.0 ± 0.0"] * 8, "**70.0 ± 0.0**"]
     assert _row(text, "*majority class*", acc)[1:10] == [*["60.0"] * 8, "*60.0*"]
-    assert _row(text, "ref", "## 3. Diagnosis")[1:] == [
-        "60.0 ± 14.1",
-        "75.0 ± 0.0",
-        "25.0 ± 0.0",
-        "87.5 ± 0.0",
-    ]
+    diag = _row(text, "ref", "## 3. Diagnosis")[1:]
+    # each followed by its two-level bootstrap CI in brackets (from the stored predictions)
+    assert [c.split(" [")[0] for c in diag] == ["60.0 ± 14.1", "75.0 ± 0.0", "25.0 ± 0.0", "87.5 ± 0.0"]
     assert _row(text, "ref", "## 2. Cost")[2] == "11.00" and _row(text, "ref", "## 2. Cost")[4] == "0.500"
     paired = "## 4. Paired differences"
     row = _row(text, "ref − other", paired)
-    assert row[1] == "2" and row[2] == "+15.0" and row[3].startswith("[+0.0, +") and row[4] == "+15.0"
+    assert row[1] == "2" and row[2] == "+15.0" and row[3].startswith("[+0.0, +") and row[5] == "+15.0"
+    # identical per-case scores: p = 1 raw and Holm-adjusted, for the sign-flip and McNemar tests
     assert _row(text, "ref − twin", paired)[1:] == [
         "2",
         "+0.0",
         "[+0.0, +0.0]",
+        "1 [1]",
         "+0.0",
         "[+0.0, +0.0]",
-        "1.000",
+        "1 [1]",
     ]
     # results.json carries the same numbers
     saved = json.loads((tmp_path / "report" / "results.json").read_text())

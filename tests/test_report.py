@@ -154,8 +154,9 @@ def test_report_rebuilt_from_result_files(results_dir: Path, tmp_path: Path, cap
         "## 2. Cost",
         "## 3. Diagnosis",
         "## 4. Paired differences",
-        "## 5. How each model combines",
-        "## 6. Failed runs",
+        "## 5. Claims",
+        "## 6. How each model combines",
+        "## 7. Failed runs",
     ):
         assert heading in text
     assert "| ssn |" in text and "| dual |" in text and "*majority class*" in text
@@ -226,4 +227,4 @@ def test_a_new_section_is_one_function_in_sections(
     monkeypatch.setattr(report, "SECTIONS", [*report.SECTIONS[:at], (True, claims), *report.SECTIONS[at:]])
     text = write_report(load_results(results_dir), tmp_path / "r").read_text()
     assert "## 1. Test accuracy" in text and "## 2. Claims\n\n4 models." in text
-    assert "## 3. Cost" in text and "## 7. Failed runs" in text and "## Setup" in text
+    assert "## 3. Cost" in text and "## 8. Failed runs" in text and "## Setup" in text

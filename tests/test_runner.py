@@ -114,7 +114,7 @@ def test_failing_job_does_not_stop_the_suite(suite_file: Path, tmp_path: Path, m
     assert "boom" in failed["error"]["message"] and "Traceback" in failed["error"]["traceback"]
     assert read_result(out / "single-derm__seed0.json")["status"] == "ok"
     text = (rep / "report.md").read_text()
-    assert "## 6. Failed runs" in text and "boom: simulated failure at build" in text
+    assert "## 7. Failed runs" in text and "boom: simulated failure at build" in text
 
     # the failed job is retried on the next invocation; the finished one is not
     monkeypatch.setattr(registry, "build_model", real)
