@@ -222,3 +222,25 @@ def test_unknown_raw_string_is_an_error(tmp_path: Path) -> None:
     (root / "meta" / "meta.csv").write_text(text.replace("linear irregular", "linear", 1))
     with pytest.raises(DatasetError, match="'linear'"):
         load_release(root)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("index\n3\n", "valid_indexes.csv: missing column 'indexes' (found index)"),
+        ("", "valid_indexes.csv: missing column 'indexes' (found no header)"),
+        ("indexes\n12\nx\n", "valid_indexes.csv row 1 (line 3), column 'indexes': 'x' is not an integer"),
+        (
+            "indexes\n12\n20\n",
+            "row 1 (line 3), column 'indexes': index 20 out of range; expected 0..19 (meta.csv has 20 rows)",
+        ),
+        ("indexes\n12\n13\n12\n", "row 2 (line 4), column 'indexes': index 12 duplicated (also at row 0)"),
+        ("indexes\n", "valid_indexes.csv: empty split 'valid' (expected at least one row index)"),
+    ],
+)
+def test_split_index_file_errors_name_file_row_and_value(tmp_path: Path, text: str, message: str) -> None:
+    root = _write_release(tmp_path / "release_v0")
+    (root / "meta" / "valid_indexes.csv").write_text(text)
+    with pytest.raises(DatasetError) as err:
+        load_release(root)
+    assert message in str(err.value)
