@@ -69,23 +69,23 @@ def results() -> dict[str, int | None]:
 def table(scopes: list[str]) -> str:
     codes = results()
     lines = [
-        "| module (scope) | mutants | killed | survived | timeout | no tests | killed or timeout |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| module (scope) | mutants | killed | survived | timeout | no tests | not run | killed or timeout |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     survivors: list[str] = []
     for scope in scopes:
         names = [n for n in codes if any(fnmatch.fnmatchcase(n, g) for g in SCOPES[scope])]
-        count = dict.fromkeys(("killed", "survived", "timeout", "no tests", "other"), 0)
+        count = dict.fromkeys(("killed", "survived", "timeout", "no tests", "not run", "other"), 0)
         for n in names:
-            verdict = VERDICT.get(codes[n], "other")  # type: ignore[arg-type]
+            verdict = "not run" if codes[n] is None else VERDICT.get(codes[n], "other")  # type: ignore[arg-type]
             count[verdict] += 1
             if verdict in ("survived", "no tests", "other"):
                 survivors.append(f"{n} ({verdict}, exit {codes[n]})")
-        tested = len(names) - count["no tests"] - count["other"]
+        tested = count["killed"] + count["survived"] + count["timeout"]
         score = f"{100 * (count['killed'] + count['timeout']) / tested:.1f}%" if tested else "–"
         lines.append(
             f"| {scope} | {len(names)} | {count['killed']} | {count['survived']} | {count['timeout']} "
-            f"| {count['no tests']} | {score} |"
+            f"| {count['no tests']} | {count['not run']} | {score} |"
         )
     return "\n".join(lines) + "\n\nNot killed:\n" + "\n".join(f"- {s}" for s in survivors)
 
