@@ -8,6 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ssnbench import launch
 from ssnbench.errors import UserError
 
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report-dir", default=None, help="report folder (default: reports/<suite name>)")
     run.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     run.add_argument("--force", action="store_true", help="re-run jobs whose result file exists")
+    launch.add_options(run)
     _command(run, "ssnbench.runner:cli_run")
 
     report = sub.add_parser("report", help="rebuild a report from result files without training")

@@ -229,6 +229,7 @@ def summarize(records: list[dict]) -> dict[str, Any]:
         "failed": failed,
         "runs": [_run_row(r) for r in sorted(records, key=_run_order)],
         "job_seconds": float(sum((r.get("timings") or {}).get("total_seconds") or 0.0 for r in records)),
+        "placement": placement_summary(records),
     }
 
 
@@ -310,7 +311,33 @@ def _run_row(r: dict) -> dict[str, Any]:
     row["train_peak_memory_mb"] = _throughput(prof, "train", "peak_memory_mb")
     row["train_seconds"] = (r.get("timings") or {}).get("train_seconds")
     row["error"] = (r.get("error") or {}).get("message")
+    place = r.get("placement") or {}  # where the job ran (ssnbench.job; docs/scale.md)
+    for key in ("launcher", "host", "cuda_visible_devices", "torch_threads", "jobs_on_node"):
+        row[key] = place.get(key)
     return row
+
+
+def placement_summary(records: list[dict]) -> str | None:
+    """One line on where the runs trained (launchers, hosts, jobs per node, threads, GPUs)."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    places = [r["placement"] for r in ok if isinstance(r.get("placement"), dict)]
+    if not places:
+        return None
+
+    def kinds(key: str) -> list[str]:
+        return sorted({str(p.get(key)) for p in places if p.get(key) is not None})
+
+    hosts = kinds("host")
+    parts = [
+        f"{'/'.join(kinds('launcher'))}: {len(places)} runs on {len(hosts)} host(s) ({', '.join(hosts[:4])}"
+        + (", ..." if len(hosts) > 4 else "")
+        + ")",
+        f"up to {max(int(p.get('jobs_on_node') or 1) for p in places)} at once on a node",
+        f"{'/'.join(kinds('torch_threads'))} torch thread(s) per run",
+    ]
+    if kinds("cuda_visible_devices"):
+        parts.append("CUDA_VISIBLE_DEVICES " + ", ".join(kinds("cuda_visible_devices")))
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,6 +452,8 @@ def _setup(summary: dict[str, Any], figures: dict[str, str]) -> str:
         ],
         ["device", ", ".join(summary.get("devices") or [str(env.get("device_name"))])],
     ]
+    if summary.get("placement"):
+        rows.append(["where runs trained", summary["placement"]])
     if len(summary.get("commits") or []) > 1:
         rows.append(
             ["note", "runs come from several commits: " + ", ".join(_short(c) for c in summary["commits"])]

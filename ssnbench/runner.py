@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from ssnbench import config as config_mod
 from ssnbench.config import DatasetSpec, ModelSpec, Suite
 from ssnbench.data.labels import CLASSES, LABELS
-from ssnbench.env import environment, pick_device
+from ssnbench.env import pick_device
 from ssnbench.losses import HEADS
 from ssnbench.progress import Progress, make_progress
 from ssnbench.results import (
@@ -40,7 +40,6 @@ from ssnbench.results import (
     pack_classes,
     pack_probs,
     read_result,
-    write_result,
 )
 
 
@@ -435,14 +434,18 @@ def run_suite(
     suite: Suite,
     out: Path,
     report_dir: Path | None,
-    device: torch.device,
+    device: torch.device | str | None,
     force: bool = False,
     progress: Progress | None = None,
+    launcher: Any = None,
+    cpus_per_run: int | None = None,
     *,
     preflight: bool = True,
     labels: tuple[str, str] = ("--out", "--report-dir"),
 ) -> int:
-    """Run every unfinished job, then write the report. Returns 0, or 1 when some job failed.
+    """Run every unfinished job through `launcher` (default: the local loop), then write the
+    report. Returns 0, or 1 when some job failed. `device` is a name ("cpu", "cuda", None) for
+    launchers whose workers pick their own device: the driver never initialises CUDA.
 
     The pre-flight (preflight.py) runs first: a failed check raises one UserError line before
     anything is written. `labels` name the results and report folders in its messages.
@@ -470,14 +473,14 @@ def run_suite(
                 out,
                 report_dir,
                 cache_root(),
-                device.type,
+                device.type if isinstance(device, torch.device) else str(device or "cpu").split(":")[0],
                 todo,
                 out_label=labels[0],
                 report_label=labels[1],
             )
         )
     threads_before = torch.get_num_threads()
-    if device.type == "cpu":
+    if isinstance(device, torch.device) and device.type == "cpu":
         torch.set_num_threads(suite.train.threads or max(1, min(8, os.cpu_count() or 1)))
     try:
         return _run(
@@ -490,6 +493,8 @@ def run_suite(
             device=device,
             force=force,
             progress=progress,
+            launcher=launcher,
+            cpus_per_run=cpus_per_run,
         )
     finally:
         torch.set_num_threads(threads_before)  # the process (a test session) keeps its setting
@@ -503,74 +508,60 @@ def _run(
     existing: dict[str, dict],
     out: Path,
     report_dir: Path | None,
-    device: torch.device,
+    device: torch.device | str | None,
     force: bool,
     progress: Progress,
+    launcher: Any,
+    cpus_per_run: int | None,
 ) -> int:
-    """The suite loop proper (jobs already split into done and to-do by `run_suite`)."""
+    """The suite proper (jobs already split into done and to-do by `run_suite`): skip the jobs a
+    live run has claimed, hand the rest to the launcher, then report on every result file."""
+    from ssnbench.job import RunOptions  # noqa: PLC0415
+    from ssnbench.launch import LaunchPlan, claims  # noqa: PLC0415
+    from ssnbench.launch.local import LocalLauncher  # noqa: PLC0415
+
+    launcher = launcher or LocalLauncher()
+    if isinstance(launcher, LocalLauncher):
+        launcher.existing = list(existing.values())
     with progress:
         progress.suite_start(suite.name, len(jobs), len(todo))
+        held = []
+        for job in todo:
+            claim = claims.live_claim(out, job.id)
+            if claim is not None:
+                progress.log(f"{job.id}: skipped, {claim.describe()}; still running there")
+                held.append(job)
+        todo = [j for j in todo if j not in held]
+        outcomes = []
         if todo:
-            data = open_data(suite.dataset, progress)
-            progress.log(
-                f"dataset {data.info['kind']}: splits {data.info['splits']}, "
-                f"{suite.dataset.image_size}px, border crop {suite.dataset.border_crop}px"
+            dev = None if device is None else str(device)
+            opts = RunOptions(
+                device=dev, cpus_per_run=cpus_per_run, force=force, since=time.time(), launcher=launcher.name
             )
-            env = environment(device).to_dict()
-            profiles: dict[str, dict] = {}
-            names = {m.name for m in suite.models}
-            for rec in existing.values():  # a profile measured earlier on this device is reused
-                p, name = rec.get("profile"), (rec.get("model") or {}).get("name")
-                if (
-                    not force
-                    and rec.get("status") == "ok"
-                    and isinstance(p, dict)
-                    and "error" not in p
-                    and p.get("device") == device.type
-                    and name in names
-                    and rec["model"] == suite.model(name).to_dict()
-                ):
-                    profiles.setdefault(name, p)
-            for n, job in enumerate(todo, 1):
-                progress.job_start(n, len(todo), job.id, suite.train.epochs)
-                record = run_job(
-                    suite,
-                    job,
-                    data,
-                    device=device,
-                    env=env,
-                    profile=profiles.get(job.model.name),
-                    progress=progress,
-                    out=out,
-                )
-                if record["status"] == "ok" and "error" not in record.get("profile", {}):
-                    profiles.setdefault(job.model.name, record["profile"])
-                write_result(result_path(out, job), record)
-                if record["status"] == "ok":
-                    m = record["metrics"]
-                    progress.job_end(
-                        job.id,
-                        "ok",
-                        f"test acc_avg {m['acc_avg']:.4f} (best epoch "
-                        f"{record['best_epoch']}, {record['timings']['total_seconds']:.0f}s)",
-                    )
-                else:
-                    progress.job_end(
-                        job.id, "FAILED", f"{record['error']['type']}: {record['error']['message']}"
-                    )
+            outcomes = launcher.run(LaunchPlan(suite, suite.path, todo, out, opts), progress)
+        skipped = [o for o in outcomes if o.status == "skipped"]  # each said so as it ended
         records = [r for r in (read_result(result_path(out, j)) for j in jobs) if r is not None]
         failed = [r for r in records if r.get("status") != "ok"]
-        if report_dir is not None:
+        if report_dir is not None and records:
             from ssnbench.report import write_report  # not at the top: most runs import no matplotlib
 
             path = write_report(records, report_dir, out)
             progress.log(f"report: {path}")
         if failed:
             progress.log(f"{len(failed)} of {len(jobs)} jobs failed: " + ", ".join(r["job"] for r in failed))
+        pending = len(held) + len(skipped) + sum(o.status == "submitted" for o in outcomes)
+        if pending:
+            progress.log(
+                f"{pending} of {len(jobs)} jobs still running elsewhere or queued; when they finish, "
+                f"`ssnbench report {out}` (or run again) completes the report"
+            )
     return 1 if failed else 0
 
 
 def cli_run(args: Any) -> int:
+    from ssnbench import launch  # noqa: PLC0415
+
+    launcher = launch.from_args(args)
     suite = config_mod.load(args.suite)
     out = Path(args.out) if args.out else Path("results") / suite.name
     report_dir = Path(args.report_dir) if getattr(args, "report_dir", None) else Path("reports") / suite.name
@@ -578,10 +569,16 @@ def cli_run(args: Any) -> int:
         "--out" if args.out else "results folder",
         "--report-dir" if getattr(args, "report_dir", None) else "report folder",
     )
-    device = pick_device(args.device)
+    # Only the local launcher trains here; the others' workers pick their device (and the driver
+    # never initialises CUDA).
+    device = pick_device(args.device) if launcher.name == "local" else args.device
+    cpus = args.cpus_per_run if launcher.name == "local" or args.cpus_per_run else 1
     t0 = time.perf_counter()
     progress = make_progress()
-    code = run_suite(suite, out, report_dir, device, force=args.force, progress=progress, labels=labels)
+    code = run_suite(
+        suite, out, report_dir, device, force=args.force, progress=progress, launcher=launcher,
+        cpus_per_run=cpus, labels=labels,
+    )
     progress.log(f"suite {suite.name} finished in {time.perf_counter() - t0:.0f}s; results in {out}")
     sys.stdout.flush()
     return code
