@@ -76,7 +76,8 @@ def read_pairs(path: Path) -> list[tuple[str, Path, Path]]:
 def _split_dataset(root: Path, split: str, data: dict[str, Any]) -> Dataset:
     from ssnbench.data.derm7pt import SPLITS, Derm7ptDataset, load_release
 
-    release = load_release(root, drop_no_clinic=bool(data.get("drop_no_clinic")))
+    # absolute, so the image paths written to the CSV work as a --pairs file from any folder
+    release = load_release(root.resolve(), drop_no_clinic=bool(data.get("drop_no_clinic")))
     rows = [r for s in SPLITS for r in release.splits[s]] if split == "all" else release.splits[split]
     return Derm7ptDataset(
         split,
