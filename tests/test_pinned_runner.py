@@ -270,3 +270,26 @@ def test_combined_probabilities_by_hand() -> None:
     assert alone[0].tolist() == pytest.approx([0.0, 1.0], abs=1e-6)
     with pytest.raises(ValueError, match="all have weight 0"):
         combine_probabilities(_outputs(), {"clinic": 0.0, "derm": 0.0, "fused": 0.0})
+
+
+def test_head_weight_errors_are_one_line_config_errors() -> None:
+    from ssnbench.errors import ConfigError
+    from ssnbench.losses import head_weights_for
+
+    with pytest.raises(ConfigError, match=r"^loss: unknown scheme 'prio'; expected one of prior, equal$"):
+        head_weights_for("prio", HEADS)
+    with pytest.raises(ValueError, match=r"^head_weights_for: a model needs at least one head$"):
+        head_weights_for("prior", [])
+    with pytest.raises(
+        ConfigError,
+        match=r"^loss_weights: unknown head 'fuse'; expected among clinic, derm, fused$",
+    ):
+        head_weights_for("prior", HEADS, {"fuse": 1.0})
+    for bad in (True, "x", -1.0, float("inf")):
+        with pytest.raises(
+            ConfigError,
+            match=r"^loss_weights: weight of 'derm' must be a finite number >= 0, got ",
+        ):
+            head_weights_for("prior", HEADS, {"derm": bad})
+    with pytest.raises(ConfigError, match=r"all have weight 0"):
+        head_weights_for("equal", ["clinic", "derm"], {"clinic": 0, "derm": 0})

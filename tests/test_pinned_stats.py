@@ -101,3 +101,35 @@ def test_mean_std_over_seeds() -> None:
     m1, s1 = mean_std([0.75])
     assert m1 == 0.75 and np.isnan(s1)
     assert all(np.isnan(v) for v in mean_std([]))
+
+
+# ---------------------------------------------------------------------------------------------
+# ssnbench.stats (what the report uses): the same cases, and exact small cases by hand
+
+
+def test_paired_difference_pairs_the_cases() -> None:
+    from ssnbench.stats import paired_difference
+
+    a, b = _correlated()
+    paired = paired_difference(a[None], b[None], n_resamples=4000, seed=1)
+    lo, hi = sps.binom.ppf([0.025, 0.975], 400, 0.05) / 400
+    assert paired.diff.estimate == pytest.approx(0.05)
+    assert paired.diff.low == pytest.approx(lo, abs=0.0051) and paired.diff.high == pytest.approx(
+        hi, abs=0.0051
+    )
+    unpaired = paired_difference(a[None], b[None], n_resamples=4000, seed=1, paired=False)
+    assert unpaired.diff.high - unpaired.diff.low > 2.5 * (paired.diff.high - paired.diff.low)
+    assert paired.p_value < 0.001  # 20 discordant cases, all for A
+
+
+def test_sign_flip_mcnemar_and_holm_by_hand() -> None:
+    from ssnbench.stats import holm, mcnemar_exact, sign_flip_test
+
+    assert sign_flip_test(np.ones(5)) == (pytest.approx(2 / 32), 0)  # exact: only all-+ and all-- as extreme
+    assert sign_flip_test(np.array([1.0, 1, 1, 1, -1]))[0] == pytest.approx(12 / 32)  # |sum| >= 3
+    correct_a = np.array([1] * 10 + [0] * 2 + [1] * 5)
+    correct_b = np.array([0] * 10 + [1] * 2 + [1] * 5)
+    out = mcnemar_exact(correct_a, correct_b)
+    assert (out["a_only"], out["b_only"]) == (10, 2)
+    assert out["p_value"] == pytest.approx(2 * (1 + 12 + 66) / 4096)  # 2·P(X <= 2), X ~ Bin(12, 1/2)
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
