@@ -293,3 +293,12 @@ def test_head_weight_errors_are_one_line_config_errors() -> None:
             head_weights_for("prior", HEADS, {"derm": bad})
     with pytest.raises(ConfigError, match=r"all have weight 0"):
         head_weights_for("equal", ["clinic", "derm"], {"clinic": 0, "derm": 0})
+
+
+def test_job_hash_covers_test_time_augmentation() -> None:
+    from ssnbench.config import EvalSpec
+
+    base = _hashes(SUITE)
+    flips = _hashes(dataclasses.replace(SUITE, eval=EvalSpec(tta="flips")))
+    assert all(flips[j] != base[j] for j in base)
+    assert _hashes(dataclasses.replace(SUITE, eval=EvalSpec(tta=None))) == base  # the default: as before
