@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma list of rows to time, e.g. fused,sdpa_2calls (default: all)")
     kern.add_argument("--no-graph", action="store_true",
                       help="skip the CUDA-graph (device time) timing next to the eager timing")
-    _command(kern, "ssnbench.bench_kernels:cli")
+    _command(kern, "ssnbench.bench.kernels:cli")
     models = bench_sub.add_parser("models", help="inference/training throughput of a suite's models")
     models.add_argument("--suite", required=True, help="suite YAML whose models are benchmarked")
     models.add_argument("--batch-sizes", type=_int_list, default=[1, 32, 64], help="e.g. 1,32,64")
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--out", default=None, help="folder for the CSV/JSON/Markdown tables")
     models.add_argument("--rounds", type=_positive_int, default=1,
                         help="measure every model this many times, round-robin; report medians")
-    _command(models, "ssnbench.bench_models:cli")
+    _command(models, "ssnbench.bench.models:cli")
     return parser
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssnbench import bench_models
+from ssnbench.bench import models as bench_models
 from ssnbench.cli import main
 
 
@@ -40,8 +40,8 @@ def _fake_suite(name: str = "tiny") -> SimpleNamespace:
 
 @pytest.fixture
 def fake_suite(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bench_models, "_load_suite", lambda path: _fake_suite())
-    monkeypatch.setattr(bench_models, "_build", lambda arch, options: _Toy(**options))
+    monkeypatch.setattr(bench_models, "load_suite", lambda path: _fake_suite())
+    monkeypatch.setattr(bench_models, "build", lambda arch, options: _Toy(**options))
 
 
 def test_cli_writes_csv_json_md_with_environment(fake_suite: None, tmp_path: Path,

@@ -10,8 +10,8 @@ import pytest
 import torch
 from ssnbench.kernels import knobs
 
-from ssnbench import bench_kernels as bk
 from ssnbench import cli
+from ssnbench.bench import kernels as bk
 
 
 def test_bench_kernels_cpu_quick(tmp_path, capsys):
@@ -63,7 +63,7 @@ def _eager_rows():
 
 
 def _record_run(monkeypatch) -> dict:
-    """Replaces bench_kernels.run; returns the dict its keyword arguments are recorded into."""
+    """Replaces ssnbench.bench.kernels.run; returns the dict its keyword arguments are recorded into."""
     seen: dict = {}
 
     def fake_run(**kw):
@@ -75,7 +75,7 @@ def _record_run(monkeypatch) -> dict:
 
 
 def test_speedups_graph_keys_and_floors():
-    sp = {s["L"]: s for s in bk._speedups(_graph_rows())}
+    sp = {s["L"]: s for s in bk.speedups(_graph_rows())}
     s49, s196 = sp[49], sp[196]
     # eager keys unchanged
     assert s49["fwd_speedup_vs_sdpa_2calls"] == pytest.approx(3.0) and s49["fwd_floor_met"] is True
@@ -94,18 +94,18 @@ def test_speedups_graph_keys_and_floors():
 
 def test_speedups_without_graph_numbers_have_no_graph_keys():
     rows = _eager_rows()
-    sp = bk._speedups(rows)
+    sp = bk.speedups(rows)
     assert sp and all("fwd_speedup_vs_sdpa_2calls" in s for s in sp)
     assert not any("graph" in k for s in sp for k in s)
     # fused without a graph number: no graph speedup even if the baselines have one
     rows = [r if r["method"] != "fused" else _row("fused", r["L"], 0.1, 0.2) for r in _graph_rows()]
-    assert not any("graph" in k for s in bk._speedups(rows) for k in s)
+    assert not any("graph" in k for s in bk.speedups(rows) for k in s)
 
 
 def _result(rows):
     env = {"device": "test-device", "torch": torch.__version__, "triton": None}
     return {"environment": env, "rows": rows, "peaks": {}, "flop_convention": "", "note": None,
-            "speedups": bk._speedups(rows)}
+            "speedups": bk.speedups(rows)}
 
 
 def test_print_tables_with_graph_numbers(capsys):
@@ -124,12 +124,12 @@ def test_print_tables_without_graph_numbers(capsys):
 
 def test_graph_knob():
     with knobs.override(bench_graph=True):
-        assert bk._graph_enabled(None, gpu=True) is True
-        assert bk._graph_enabled(None, gpu=False) is False  # never on CPU
-        assert bk._graph_enabled(False, gpu=True) is False
+        assert bk.graph_enabled(None, gpu=True) is True
+        assert bk.graph_enabled(None, gpu=False) is False  # never on CPU
+        assert bk.graph_enabled(False, gpu=True) is False
     with knobs.override(bench_graph=False):
-        assert bk._graph_enabled(None, gpu=True) is False
-    assert bk._graph_calls(0.01) == bk.GRAPH_CALLS and bk._graph_calls(1e3) == 1
+        assert bk.graph_enabled(None, gpu=True) is False
+    assert bk.graph_calls(0.01) == bk.GRAPH_CALLS and bk.graph_calls(1e3) == 1
 
 
 def test_cli_no_graph_reaches_run(monkeypatch):
@@ -156,10 +156,10 @@ def test_time_graphs_records_capture_failure(monkeypatch):
             raise RuntimeError("capture failed\nsecond line")
         return 0.5
 
-    monkeypatch.setattr(bk, "_graph_ms", fake_graph_ms)
+    monkeypatch.setattr(bk, "graph_ms", fake_graph_ms)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     row = {"fwd_ms": 0.1, "fwdbwd_ms": 2.0}
-    bk._time_graphs(row, lambda: None, [], [])
+    bk.time_graphs(row, lambda: None, [], [])
     assert row["fwd_graph_ms"] == 0.5 and row["fwd_graph_calls"] == bk.GRAPH_CALLS
     assert row["fwdbwd_graph_error"] == "RuntimeError: capture failed"
     assert "fwdbwd_graph_ms" not in row
@@ -172,9 +172,9 @@ def test_graph_ms_on_cuda():
     x = torch.randn(256, 256, device="cuda", requires_grad=True)
     g = torch.randn(256, 256, device="cuda")
     with torch.no_grad():
-        ms = bk._graph_ms(lambda: x @ x, calls_per_graph=4, replays=3)
+        ms = bk.graph_ms(lambda: x @ x, calls_per_graph=4, replays=3)
     assert math.isfinite(ms) and ms > 0
-    ms = bk._graph_ms(lambda: torch.autograd.grad((x @ x,), [x], [g]), calls_per_graph=4, replays=3)
+    ms = bk.graph_ms(lambda: torch.autograd.grad((x @ x,), [x], [g]), calls_per_graph=4, replays=3)
     assert math.isfinite(ms) and ms > 0
     assert x.grad is None
 
@@ -185,9 +185,9 @@ def test_bench_shape_graph_timings_on_cuda():
     """The real per-shape path: eager timings first (which leave autograd state on the default
     stream), then graph timings of forward and forward+backward, for the fused op and SDPA."""
     keep = ("fused", "sdpa_2calls", "sdpa_batched")
-    methods = {k: v for k, v in bk._methods(gpu=True).items() if k in keep}
-    timer = bk._timer(gpu=True, quick=True)
-    rows = bk._bench_shape(2, 2, 49, 32, torch.bfloat16, "cuda", methods, timer, {}, graph=True)
+    methods = {k: v for k, v in bk.available_methods(gpu=True).items() if k in keep}
+    timer = bk.make_timer(gpu=True, quick=True)
+    rows = bk.bench_shape(2, 2, 49, 32, torch.bfloat16, "cuda", methods, timer, {}, graph=True)
     assert [r["method"] for r in rows] == ["fused", "sdpa_2calls", "sdpa_batched"]
     for r in rows:
         assert "error" not in r, r

@@ -40,3 +40,4 @@ def test_wheel_maps_kernels_under_ssnbench(tmp_path):
         assert f"ssnbench/kernels/{module}.py" in names
     assert not any(n.startswith("kernels/") for n in names)
     assert "ssnbench/models/cross_attention.py" in names and "ssnbench/data/derm7pt.py" in names
+    assert "ssnbench/bench/kernels.py" in names and "ssnbench/bench/models.py" in names

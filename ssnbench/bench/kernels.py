@@ -84,7 +84,7 @@ def _naive_core(q_c: Tensor, k_c: Tensor, v_c: Tensor, q_d: Tensor, k_d: Tensor,
     return _naive(q_c, k_d, v_d), _naive(q_d, k_c, v_c)
 
 
-def _methods(gpu: bool) -> dict[str, Callable[[Inputs], Any] | None]:
+def available_methods(gpu: bool) -> dict[str, Callable[[Inputs], Any] | None]:
     """name -> fn(inputs) returning the outputs (a tuple of tensors)."""
     methods: dict[str, Callable[[Inputs], Any] | None] = {}
     if gpu:
@@ -108,7 +108,7 @@ def _methods(gpu: bool) -> dict[str, Callable[[Inputs], Any] | None]:
     return methods
 
 
-def _timer(gpu: bool, quick: bool) -> Callable[..., float]:
+def make_timer(gpu: bool, quick: bool) -> Callable[..., float]:
     """Median milliseconds of fn()."""
     if gpu:
         import triton.testing
@@ -136,7 +136,7 @@ def _timer(gpu: bool, quick: bool) -> Callable[..., float]:
     return time_cpu
 
 
-def _graph_ms(fn: Callable[[], Any], calls_per_graph: int = GRAPH_CALLS,
+def graph_ms(fn: Callable[[], Any], calls_per_graph: int = GRAPH_CALLS,
               replays: int = GRAPH_REPLAYS) -> float:
     """Median device milliseconds per fn() call: `calls_per_graph` unrolled calls captured in one CUDA
     graph, `replays` replays each timed alone with CUDA events. The caller sets the grad mode."""
@@ -170,7 +170,7 @@ def _graph_ms(fn: Callable[[], Any], calls_per_graph: int = GRAPH_CALLS,
     return statistics.median(times) / calls_per_graph
 
 
-def _graph_calls(eager_ms: float) -> int:
+def graph_calls(eager_ms: float) -> int:
     """Calls per graph: GRAPH_CALLS, fewer for long calls (no host cost left to hide there)."""
     return max(1, min(GRAPH_CALLS, int(GRAPH_TARGET_MS / max(eager_ms, 1e-6))))
 
@@ -180,18 +180,18 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {(lines[0] if lines else '')[:160]}"
 
 
-def _time_graphs(row: dict[str, Any], call: Callable[[], Any], leaves: Inputs, grads: Inputs) -> None:
+def time_graphs(row: dict[str, Any], call: Callable[[], Any], leaves: Inputs, grads: Inputs) -> None:
     """Adds fwd_graph_ms / fwdbwd_graph_ms (or *_graph_error) to `row`, which has the eager times."""
 
     def fwd_bwd() -> None:
         torch.autograd.grad(call(), leaves, grads)
 
     for key, fn, grad in (("fwd", call, False), ("fwdbwd", fwd_bwd, True)):
-        calls = _graph_calls(row[f"{key}_ms"])
+        calls = graph_calls(row[f"{key}_ms"])
         try:
             torch.cuda.empty_cache()  # the graph's private pool cannot use blocks cached outside it
             with torch.set_grad_enabled(grad):
-                row[f"{key}_graph_ms"] = _graph_ms(fn, calls, GRAPH_REPLAYS)
+                row[f"{key}_graph_ms"] = graph_ms(fn, calls, GRAPH_REPLAYS)
             row[f"{key}_graph_calls"] = calls
         except Exception as err:  # e.g. a baseline that cannot be captured; the others go on
             row[f"{key}_graph_error"] = _one_line(err)
@@ -231,7 +231,7 @@ def _measure_peaks(gpu: bool) -> dict[str, float]:
     return peaks
 
 
-def _bench_shape(
+def bench_shape(
     B: int, H: int, L: int, D: int, dtype: torch.dtype, device: str,
     methods: dict, timer: Callable, peaks: dict, graph: bool = False,
 ) -> list[dict[str, Any]]:
@@ -278,7 +278,7 @@ def _bench_shape(
                     # made on the default stream by the eager timing above break the capture of the
                     # backward (torch warns "AccumulateGrad node's stream does not match")
                     fresh = [t.detach().requires_grad_() for t in leaves]
-                    _time_graphs(row, make_call(fresh), fresh, grads)
+                    time_graphs(row, make_call(fresh), fresh, grads)
                     if "fwd_graph_ms" in row:
                         row["fwd_graph_tflops"] = flops / row["fwd_graph_ms"] / 1e9
                     if "fwdbwd_graph_ms" in row:
@@ -296,7 +296,7 @@ def _bench_shape(
     return rows
 
 
-def _speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per shape: fused vs SDPA-per-direction (fwd) and vs the best PyTorch baseline (fwd+bwd), from the
     eager times and, where the rows have them, from the CUDA-graph times (`*_graph_*` keys)."""
     out = []
@@ -360,7 +360,7 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def _graph_enabled(graph: bool | None, gpu: bool) -> bool:
+def graph_enabled(graph: bool | None, gpu: bool) -> bool:
     """CUDA-graph timing: only on a GPU; `graph` None means knob `bench_graph` (SSNBENCH_BENCH_GRAPH)."""
     if graph is None:
         graph = knobs.current().bench_graph
@@ -377,7 +377,7 @@ def run(quick: bool = False, device: str | None = None,
     (device time) timing on or off (default: on for a GPU unless SSNBENCH_BENCH_GRAPH=0)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device == "cuda"
-    graph = _graph_enabled(graph, gpu)
+    graph = graph_enabled(graph, gpu)
     if gpu:
         B, H, dtype = 32, 8, torch.bfloat16
         default_lengths, default_dims = ((49, 196, 784), (32,)) if quick else ((49, 196, 784, 3136), (32, 64))
@@ -386,7 +386,7 @@ def run(quick: bool = False, device: str | None = None,
         default_lengths, default_dims = ((49,), (32,)) if quick else ((196, 49), (32, 64))
     lengths = tuple(lengths or default_lengths)
     dims = tuple(dims or default_dims)
-    available = _methods(gpu)
+    available = available_methods(gpu)
     if methods:
         unknown = sorted(set(methods) - set(available))
         if unknown:
@@ -394,7 +394,7 @@ def run(quick: bool = False, device: str | None = None,
                              f"choose from {', '.join(available)}")
         available = {k: v for k, v in available.items() if k in methods}
     methods_run = available
-    timer = _timer(gpu, quick)
+    timer = make_timer(gpu, quick)
     peaks = _measure_peaks(gpu)
     precompiled = None
     if gpu and knobs.current().precompile:
@@ -419,7 +419,7 @@ def run(quick: bool = False, device: str | None = None,
             "graph_timing": {"calls_per_graph_max": GRAPH_CALLS, "target_ms_per_replay": GRAPH_TARGET_MS,
                              "replays": GRAPH_REPLAYS, "warmup": GRAPH_WARMUP} if graph else None,
             "rows": list(rows),
-            "speedups": _speedups(rows),
+            "speedups": speedups(rows),
             "note": None if gpu else "CPU run at reduced size (B=2, fp32): Triton figures need a GPU.",
         }
         if gpu:
@@ -431,7 +431,7 @@ def run(quick: bool = False, device: str | None = None,
 
     for D in dims:
         for L in lengths:
-            rows += _bench_shape(B, H, L, D, dtype, device, methods_run, timer, peaks, graph=graph)
+            rows += bench_shape(B, H, L, D, dtype, device, methods_run, timer, peaks, graph=graph)
             if on_progress is not None:
                 on_progress(snapshot(False))
     return snapshot(True)

@@ -110,7 +110,7 @@ def env_line(env: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------- measuring
-def _build(arch: str, options: dict[str, Any]) -> torch.nn.Module:
+def build(arch: str, options: dict[str, Any]) -> torch.nn.Module:
     from ssnbench.models.registry import build_model
 
     return build_model(arch, **options)
@@ -169,7 +169,7 @@ def _bench_rounds(specs: Sequence[Any], rounds: int, image_size: int, batch_size
     so models measured minutes apart are not comparable; interleaved rounds spread that drift over
     all of them. Models stay built on their home device between rounds (measure_throughput moves
     them to the device and back), so peak memory still counts one model at a time."""
-    built = [(spec, _build(spec.arch, dict(spec.options))) for spec in specs]
+    built = [(spec, build(spec.arch, dict(spec.options))) for spec in specs]
     per_model: dict[str, list[list[dict[str, Any]]]] = {spec.name: [] for spec in specs}
     for r in range(rounds):
         shift = r % len(built)
@@ -326,7 +326,7 @@ def print_table(rows: list[dict[str, Any]], env: dict[str, Any], suite: str) -> 
 
 
 # --------------------------------------------------------------------------------------- command
-def _load_suite(path: str) -> Any:
+def load_suite(path: str) -> Any:
     from ssnbench import config
 
     loader = getattr(config, "load_suite", None) or config.load
@@ -335,7 +335,7 @@ def _load_suite(path: str) -> Any:
 
 def cli(args: argparse.Namespace) -> int:
     """Entry point of `ssnbench bench models`; 0 when every measurement ran (OOM included)."""
-    suite = _load_suite(args.suite)
+    suite = load_suite(args.suite)
     device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
@@ -354,7 +354,7 @@ def cli(args: argparse.Namespace) -> int:
     if rounds == 1:
         rows: list[dict[str, Any]] = []
         for spec in suite.models:
-            model = _build(spec.arch, dict(spec.options))
+            model = build(spec.arch, dict(spec.options))
             rows += bench_model(spec.name, spec.arch, dict(spec.options), model, image_size, args.batch_sizes,
                                 device, amp, channels_last, warmup, iters, log=log)
             del model
