@@ -99,7 +99,7 @@ import json, sys
 data = json.load(open(sys.argv[1]))
 env = data["environment"]
 rows = {(r["model"], r["train_batch_size"]): r for r in data["rows"]}
-print(f"floors on {env['device']} (torch {env['torch']}, triton {env['triton']}, "
+print(f"floors on {env['device_name']} (torch {env['torch']}, triton {env['triton']}, "
       f"amp {data['rows'][0].get('amp')}, channels_last {data['rows'][0].get('channels_last')}):")
 for b in sorted({k[1] for k in rows}):
     get = lambda name, col: (rows.get((name, b)) or {}).get(col)  # noqa: E731

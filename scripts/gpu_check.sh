@@ -143,7 +143,7 @@ if not r.get("complete", True):
     print("NOTE: benchmark cut short (time limit); rows so far only")
 if r.get("precompile"):
     print("precompile:", r["precompile"])
-print(f"device {env['device']} torch {env['torch']} triton {env['triton']}",
+print(f"device {env['device_name']} torch {env['torch']} triton {env['triton']}",
       f"| bf16 mm {peaks.get('bf16_matmul_tflops', 0):.0f} TFLOP/s copy {peaks.get('copy_tbps', 0):.2f} TB/s" if peaks else "")
 rows = {(x["L"], x["D"], x["method"]): x for x in r["rows"] if "error" not in x}
 print(f"{'L':>5} {'D':>3} | {'fused fwd':>9} {'sdpa2 fwd':>9} {'x':>5} {'floor':>5} | {'fused f+b':>9} {'best f+b':>9} {'x':>5} {'floor':>5} | fixed-cfg fwd/f+b")

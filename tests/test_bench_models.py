@@ -56,10 +56,11 @@ def test_cli_writes_csv_json_md_with_environment(fake_suite: None, tmp_path: Pat
     stem = files[0].rsplit(".", 1)[0]
     md = (tmp_path / f"{stem}.md").read_text()
     header = md.splitlines()[0]
-    assert "torch " + torch.__version__ in header and "triton" in header and "cpu" in header
-    assert "GMACs" in md and "| toy-b | 2 |" in md
     data = json.loads(json_copy.read_text())
-    assert data["environment"]["torch"] == torch.__version__
+    env = data["environment"]  # ssnbench.env's record
+    assert env["torch"] == torch.__version__ and env["device_type"] == "cpu"
+    assert "torch " + torch.__version__ in header and "triton" in header and env["device_name"] in header
+    assert "GMACs" in md and "| toy-b | 2 |" in md
     rows = data["rows"]
     assert [(r["model"], r["infer_batch_size"]) for r in rows] == [("toy-a", 1), ("toy-a", 2),
                                                                    ("toy-b", 1), ("toy-b", 2)]
@@ -73,7 +74,7 @@ def test_cli_writes_csv_json_md_with_environment(fake_suite: None, tmp_path: Pat
     assert rows[0]["train_speedup_vs_reference"] == 1.0
     with (tmp_path / f"{stem}.csv").open() as fh:
         first = fh.readline()
-        assert first.startswith("# device cpu") and "torch" in first
+        assert first.startswith(f"# device {env['device_name']}") and "torch" in first
         table = list(csv.DictReader(fh))
     assert len(table) == 4 and table[0]["model"] == "toy-a"
     out = capsys.readouterr().out
@@ -117,7 +118,8 @@ def test_cuda_requested_without_cuda_is_a_user_error(fake_suite: None,
 
 
 def test_env_tag_is_file_name_safe() -> None:
-    env = {"device": "NVIDIA H200 (SXM)", "device_type": "cuda", "torch": "2.11.0+cu130", "triton": "3.6.0"}
+    env = {"device_name": "NVIDIA H200 (SXM)", "device_type": "cuda", "torch": "2.11.0+cu130",
+           "triton": "3.6.0"}
     assert bench_models.env_tag(env) == "NVIDIA-H200-SXM_torch2.11.0_triton3.6.0"
 
 

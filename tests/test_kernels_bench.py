@@ -103,7 +103,7 @@ def test_speedups_without_graph_numbers_have_no_graph_keys():
 
 
 def _result(rows):
-    env = {"device": "test-device", "torch": torch.__version__, "triton": None}
+    env = {"device_name": "test-device", "torch": torch.__version__, "triton": None}
     return {"environment": env, "rows": rows, "peaks": {}, "flop_convention": "", "note": None,
             "speedups": bk.speedups(rows)}
 

@@ -42,9 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssnbench.env import environment, pick_device
 from ssnbench.errors import UserError
 from ssnbench.kernels import knobs
 
@@ -336,30 +335,6 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def environment() -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "cpu": platform.processor() or platform.machine(),
-    }
-    try:
-        import triton
-
-        env["triton"] = triton.__version__
-    except ImportError:
-        env["triton"] = None
-    try:
-        env["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        env["git_commit"] = None
-    return env
-
-
 def graph_enabled(graph: bool | None, gpu: bool) -> bool:
     """CUDA-graph timing: only on a GPU; `graph` None means knob `bench_graph` (SSNBENCH_BENCH_GRAPH)."""
     if graph is None:
@@ -375,7 +350,8 @@ def run(quick: bool = False, device: str | None = None,
     after every shape (the CLI rewrites --json then, so a run cut short still leaves its rows).
     `methods` picks a subset of the rows (default: all available). `graph` turns the CUDA-graph
     (device time) timing on or off (default: on for a GPU unless SSNBENCH_BENCH_GRAPH=0)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    picked = pick_device(device)
+    device = picked.type
     gpu = device == "cuda"
     graph = graph_enabled(graph, gpu)
     if gpu:
@@ -405,7 +381,7 @@ def run(quick: bool = False, device: str | None = None,
         precompiled = precompile(tuple(dims), dtype, H, workers=workers, timeout=90, lengths=tuple(lengths))
         print(f"precompiled Triton candidates: {precompiled}", flush=True)
     rows: list[dict[str, Any]] = []
-    env = environment()
+    env = environment(picked).to_dict()
 
     def snapshot(complete: bool) -> dict[str, Any]:
         result: dict[str, Any] = {
@@ -449,7 +425,7 @@ def print_tables(result: dict[str, Any]) -> None:
     env = result["environment"]
     title = (
         f"shared cross-attention, both directions, B={result['rows'][0]['B']} H={result['rows'][0]['H']} "
-        f"{result['rows'][0]['dtype']} — {env['device']} (torch {env['torch']}, triton {env['triton']})"
+        f"{result['rows'][0]['dtype']} — {env['device_name']} (torch {env['torch']}, triton {env['triton']})"
     )
     table = Table(title=title)
     graph_keys = ("fwd_graph_ms", "fwdbwd_graph_ms", "fwd_graph_error", "fwdbwd_graph_error")

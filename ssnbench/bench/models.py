@@ -13,12 +13,9 @@ import argparse
 import csv
 import json
 import math
-import platform
 import re
 import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,7 @@ from typing import Any
 import torch
 
 from ssnbench import profiling
-from ssnbench.errors import UserError
+from ssnbench.env import environment, pick_device
 
 METRICS = ("samples_per_sec", "step_time", "step_time_spread", "batch_size", "img_size", "peak_memory_mb",
            "status")
@@ -50,61 +47,18 @@ UNITS = {
 
 
 # --------------------------------------------------------------------------------------- environment
-def environment(device: torch.device) -> dict[str, Any]:
-    """Versions, device and commit: everything needed to tell whether two result files compare."""
-    try:
-        import triton
-
-        triton_version: str | None = triton.__version__
-    except ImportError:
-        triton_version = None
-    try:
-        import timm
-
-        timm_version: str | None = timm.__version__
-    except ImportError:
-        timm_version = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    on_cuda = device.type == "cuda"
-    return {
-        "device": torch.cuda.get_device_name(device) if on_cuda else f"cpu: {_cpu_name()}",
-        "device_type": device.type,
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "timm": timm_version,
-        "cuda": torch.version.cuda if on_cuda else None,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "git_commit": commit,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
+# (the record itself is ssnbench.env.environment; these label files and tables with it)
 def env_tag(env: dict[str, Any]) -> str:
     """File-name-safe environment label, e.g. `NVIDIA-H200_torch2.11.0_triton3.6.0`."""
-    device = env["device"] if env["device_type"] == "cuda" else "cpu"
+    device = env["device_name"] if env["device_type"] == "cuda" else "cpu"
     parts = [device, f"torch{env['torch'].split('+')[0]}", f"triton{env['triton'] or 'none'}"]
     return "_".join(re.sub(r"[^A-Za-z0-9.]+", "-", p).strip("-") for p in parts)
 
 
 def env_line(env: dict[str, Any]) -> str:
     cuda = f", CUDA {env['cuda']}" if env.get("cuda") else ""
-    return (f"device {env['device']}, torch {env['torch']}, triton {env['triton'] or 'not installed'}{cuda}, "
+    triton = env["triton"] or "not installed"
+    return (f"device {env['device_name']}, torch {env['torch']}, triton {triton}{cuda}, "
             f"timm {env['timm']}, python {env['python']}, {env['threads']} CPU threads, "
             f"commit {env['git_commit'] or 'unknown'}, {env['date']}")
 
@@ -259,7 +213,7 @@ TABLE = (  # (header, how to get the cell)
 def markdown(rows: list[dict[str, Any]], env: dict[str, Any], suite: str, reference: str | None) -> str:
     first = rows[0] if rows else {}
     lines = [
-        f"# Model benchmark: {suite} on {env['device']} "
+        f"# Model benchmark: {suite} on {env['device_name']} "
         f"(torch {env['torch']}, triton {env['triton'] or 'none'})",
         "",
         f"Environment: {env_line(env)}.",
@@ -336,16 +290,13 @@ def load_suite(path: str) -> Any:
 def cli(args: argparse.Namespace) -> int:
     """Entry point of `ssnbench bench models`; 0 when every measurement ran (OOM included)."""
     suite = load_suite(args.suite)
-    device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device_name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
-    device = torch.device(device_name)
+    device = pick_device(args.device)
     on_cuda = device.type == "cuda"
     image_size = suite.dataset.image_size
     warmup, iters = suite.profile.warmup, suite.profile.iters
     amp = on_cuda  # bf16 autocast on CUDA only
     channels_last = on_cuda
-    env = environment(device)
+    env = environment(device).to_dict()
 
     def log(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
