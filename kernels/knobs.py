@@ -25,6 +25,9 @@ so explicitly with `override(field=value)`.
 |                              |                 |         | precompile of the autotune candidates         |
 | SSNBENCH_BENCH_THREADS       | bench_threads   | 1       | torch threads of the CPU speed cases          |
 | SSNBENCH_CACHE               | cache           | .ssnbench-cache | folder of generated synthetic data    |
+|                              |                 |         | (the one knob read at each use, through       |
+|                              |                 |         | `from_env()`: tests and launchers set it per  |
+|                              |                 |         | process or suite)                             |
 
 docs/interfaces.md has the same table with who reads each knob. Note that Triton itself reads
 TRITON_INTERPRET when a kernel is decorated: set it before `ssnbench.kernels` is imported (the test

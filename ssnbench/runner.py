@@ -86,10 +86,11 @@ def job_hash(suite: Suite, job: Job) -> str:
 
 
 def cache_root() -> Path:
-    """Folder of generated synthetic data: SSNBENCH_CACHE (read once by ssnbench.kernels.knobs)."""
+    """Folder of generated synthetic data: SSNBENCH_CACHE, parsed by ssnbench.kernels.knobs but read
+    at each use (not once): tests and job launchers set it per process or per suite."""
     from ssnbench.kernels import knobs
 
-    return Path(knobs.current().cache)
+    return Path(knobs.from_env().cache)
 
 
 def synthetic_root_path(spec: DatasetSpec, cache: Path | None = None) -> Path:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ssnbench.kernels import knobs
 
 from ssnbench import cli
 from ssnbench.config import load
@@ -34,11 +32,11 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
-def suite_file(tmp_path: Path, cache: Path) -> Iterator[Path]:
+def suite_file(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SSNBENCH_CACHE", str(cache))
     path = tmp_path / "tiny.yaml"
     path.write_text(SUITE)
-    with knobs.override(cache=str(cache)):
-        yield path
+    return path
 
 
 def _mtimes(out: Path) -> dict[str, int]:
