@@ -56,7 +56,7 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """The fit loop's settings; defaults follow the literature recipe (DERM7PT.md)."""
+    """The fit loop's settings; defaults follow the literature recipe (docs/derm7pt.md)."""
 
     epochs: int = 100
     batch_size: int = 32

@@ -1,7 +1,7 @@
 """Pinned: the Derm7pt reader against a hand-made release (not the synthetic generator).
 
 Every raw meta.csv string and the class it belongs to is written out below by hand from the
-dataset's documentation (shared/DERM7PT.md: Kawahara et al. 2018, "group infrequent"), so a wrong
+dataset's documentation (docs/derm7pt.md: Kawahara et al. 2018, "group infrequent"), so a wrong
 entry in the reader's table fails here instead of round-tripping through a generator that draws
 its strings from that same table.
 """
@@ -17,7 +17,7 @@ from PIL import Image
 from ssnbench.data.derm7pt import load_release, make_datasets
 from ssnbench.errors import DatasetError
 
-# Class order as the literature uses it (DERM7PT.md, "Class order used by most papers").
+# Class order as the literature uses it (docs/derm7pt.md, "Class order used by most papers").
 ORDER = {
     "DIAG": ["BCC", "NEV", "MEL", "MISC", "SK"],
     "PN": ["ABS", "TYP", "ATP"],

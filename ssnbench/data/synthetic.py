@@ -4,7 +4,7 @@ PLANTED, known answer to "what does each modality show?".
 Why: tests, CI and the demo suite need data that exercises the exact reader path (19 columns, raw
 label strings, index files, mixed .jpg/.JPG names, clinic == derm rows) without the licensed
 release, and a benchmark harness must first prove that it recovers known answers. Labels follow
-the real class and conditional frequencies (DERM7PT.md). What each image shows is set by a
+the real class and conditional frequencies (docs/derm7pt.md). What each image shows is set by a
 `PlantedDesign` (docs/planted.md):
 
 * per label and modality a *visibility* in [0, 1] that scales how strongly that label's structures
@@ -58,7 +58,7 @@ REAL_SPLITS = {"train": 413, "valid": 203, "test": 395}
 
 # Grouped DIAG counts over the 1011 real cases (BCC, NEV, MEL, MISC, SK).
 DIAG_COUNTS = (42, 575, 252, 97, 45)
-# P(criterion class | DIAG), rows in DIAG order, columns in CLASSES order (DERM7PT.md).
+# P(criterion class | DIAG), rows in DIAG order, columns in CLASSES order (docs/derm7pt.md).
 CONDITIONAL = {
     "PN": ((.93, .05, .02), (.34, .53, .14), (.32, .13, .55), (.54, .38, .08), (.73, .16, .11)),
     "BWV": ((.79, .21), (.89, .11), (.52, .48), (.99, .01), (.96, .04)),
