@@ -7,6 +7,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ssnbench import launch
 from ssnbench.errors import UserError
@@ -32,13 +33,20 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with ONE line on a usage mistake (like every other user error), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _command(parser: argparse.ArgumentParser, target: str) -> None:
     """Bind a parser to `module:function`, imported only when the command runs."""
     parser.set_defaults(_target=target)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ssnbench",
         description="Train, evaluate, profile and report SSN and baselines on Derm7pt.",
     )
@@ -57,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results_dir", metavar="DIR", help="folder of per-job result files")
     report.add_argument(
         "--report-dir", default=None, help="where to write report.md (default: reports/<suite>)",
+    )
+    report.add_argument(
+        "--allow-mixed", action="store_true",
+        help="report results trained under different settings together (the runs that differ are listed)",
     )
     _command(report, "ssnbench.report:cli_report")
 

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shlex
+import sys
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,7 @@ from ssnbench import stats
 from ssnbench.claims import evaluate_claims, finish_verdicts, paired_case_scores
 from ssnbench.data.labels import LABELS
 from ssnbench.errors import UserError
+from ssnbench.preflight import probe_folder
 from ssnbench.results import json_safe, scan_results, unpack_classes, unpack_probs, write_atomic
 
 DIAG_KEYS = ("diag_balanced_acc", "diag_auc_macro", "mel_sensitivity", "mel_specificity")
@@ -40,17 +42,90 @@ SYNTHETIC_BANNER = (
 # Loading and grouping
 
 
-def load_results(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every result record in a folder (the runner's `<model>__seed<k>.json` files)."""
+def scan_folder(results_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str]]:
+    """(every readable result record, one line per unreadable result file) of a folder."""
     folder = Path(results_dir)
     if not folder.is_dir():
         raise UserError(f"{folder}: no such results folder (run `ssnbench run SUITE` first)")
-    records, _unreadable = scan_results(folder)  # unreadable files are skipped, as always
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise UserError(f"{folder}: cannot read the results folder (permission denied)")
+    records, errors = scan_results(folder)
+    return records, [str(err) for err in errors]
+
+
+def load_results(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every readable result record in a folder (the runner's `<model>__seed<k>.json` files); a
+    folder with none is a UserError (naming the unreadable ones, if any)."""
+    records, problems = scan_folder(results_dir)
+    _require_records(Path(results_dir), records, problems)
+    return records
+
+
+def _require_records(folder: Path, records: list[dict], problems: list[str]) -> None:
+    if not records and problems:
+        raise UserError(
+            f"{folder}: no readable result files ({len(problems)} unreadable; first: {problems[0]})"
+        )
     if not records:
         raise UserError(
             f"{folder}: no result files in it (expected <model>__seed<k>.json from `ssnbench run`)"
         )
-    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: results trained under different settings are not silently put into one table
+
+
+def settings_of(record: dict) -> dict[str, Any]:
+    """The settings a result depends on besides its model and seed, flattened to `section.key`
+    (train minus the speed-only keys, the dataset's preparation and the evaluation)."""
+    from ssnbench.config import SPEED_ONLY_TRAIN_KEYS  # noqa: PLC0415
+
+    out: dict[str, Any] = {}
+    for k, v in (record.get("train") or {}).items():
+        if k not in SPEED_ONLY_TRAIN_KEYS:
+            out[f"train.{k}"] = v
+    ds = record.get("dataset") or {}
+    for k in ("kind", "image_size", "border_crop", "drop_no_clinic", "synthetic", "splits"):
+        if k in ds:
+            out[f"dataset.{k}"] = ds[k]
+    for k, v in (record.get("eval") or {}).items():
+        out[f"eval.{k}"] = v
+    return out
+
+
+def mixed_settings(records: list[dict]) -> list[dict[str, Any]]:
+    """Per run whose settings differ from the most common ones: {job, file, key, value, common}."""
+    ok = _ok(records)
+    if len(ok) < 2:
+        return []
+    flat = [settings_of(r) for r in ok]
+    keys = sorted({k for f in flat for k in f})
+    out = []
+    for key in keys:
+        values = [json.dumps(f.get(key), sort_keys=True, default=str) for f in flat]
+        if len(set(values)) == 1:
+            continue
+        common = max(set(values), key=lambda v: (values.count(v), -values.index(v)))
+        for r, v in zip(ok, values, strict=True):
+            if v != common:
+                out.append({"job": r.get("job"), "key": key, "value": v, "common": common})
+    return out
+
+
+def check_settings(records: list[dict], folder: str | os.PathLike, allow_mixed: bool) -> list[dict]:
+    """`mixed_settings`, or a UserError naming the first difference unless `allow_mixed`."""
+    mixed = mixed_settings(records)
+    if mixed and not allow_mixed:
+        first = mixed[0]
+        keys = sorted({m["key"] for m in mixed})
+        more = f" ({len(keys) - 1} more setting(s) differ: {', '.join(keys[1:])})" if len(keys) > 1 else ""
+        raise UserError(
+            f"{folder}: results trained under different settings: {first['key']} is {first['value']} "
+            f"in {first['job']}.json but {first['common']} in the others{more}; pass --allow-mixed to "
+            "report them in one table (it then lists the runs that differ)"
+        )
+    return mixed
 
 
 def _models(records: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -458,11 +533,21 @@ def _setup(summary: dict[str, Any], figures: dict[str, str]) -> str:
         rows.append(
             ["note", "runs come from several commits: " + ", ".join(_short(c) for c in summary["commits"])]
         )
-    return "## Setup\n\n" + _table(["", ""], rows, "ll") + "\n\n"
+    text = "## Setup\n\n" + _table(["", ""], rows, "ll") + "\n\n"
+    mixed = summary.get("mixed") or []
+    if mixed:
+        text += (
+            "**Mixed settings** (`--allow-mixed`): these runs were trained under other settings than the "
+            "rest, and their models are marked † in the tables below.\n\n"
+        )
+        rows = [[m["job"], m["key"], m["value"], m["common"]] for m in mixed]
+        text += _table(["run", "setting", "this run", "the other runs"], rows, "llll") + "\n\n"
+    return text
 
 
 def _accuracy(summary: dict[str, Any], figures: dict[str, str]) -> str:
     maj = ((summary.get("dataset") or {}).get("majority") or {}).get("metrics") or {}
+    marked = {str(m["job"]).rsplit("__seed", 1)[0] for m in summary.get("mixed") or []}  # --allow-mixed
     text = "## Test accuracy (%)\n\n" + (
         "Top-1 accuracy of each label and their unweighted mean on the test split, evaluated once with the "
         "checkpoint chosen on the validation split; mean ± std over seeds. 95% CI of the average accuracy: "
@@ -476,7 +561,7 @@ def _accuracy(summary: dict[str, Any], figures: dict[str, str]) -> str:
         ci = m.get("acc_avg_ci95") or [None, None]
         rows.append(
             [
-                f"{m['name']}",
+                f"{m['name']}" + (" †" if m["name"] in marked else ""),
                 *(_pm(m["metrics"].get(f"acc_{lab}")) for lab in LABELS),
                 f"**{_pm(m['metrics'].get('acc_avg'))}**",
                 f"[{_pct(ci[0])}, {_pct(ci[1])}]" + ("¹" if m.get("ci_levels") == "cases" else ""),
@@ -704,13 +789,19 @@ def _head_combination(summary: dict[str, Any], figures: dict[str, str]) -> str:
 
 
 def _failed_runs(summary: dict[str, Any], figures: dict[str, str]) -> str:
+    unreadable = ""
+    if summary.get("unreadable"):
+        unreadable = "**Unreadable result files** (left out of every table above):\n\n" + "".join(
+            f"- {line}\n" for line in summary["unreadable"]
+        ) + "\n"
     if not summary["failed"]:
-        return "## Failed runs\n\nNone.\n\n"
+        return "## Failed runs\n\nNone.\n\n" + unreadable
     rows = [[f["job"], str(f.get("type")), str(f.get("message"))] for f in summary["failed"]]
     return (
         "## Failed runs\n\n"
         + _table(["job", "error", "message"], rows, "lll")
         + "\n\nFull tracebacks are in the result files.\n\n"
+        + unreadable
     )
 
 
@@ -876,15 +967,24 @@ def _csv(rows: list[dict]) -> str:
 
 
 def write_report(
-    records: list[dict], report_dir: str | os.PathLike, results_dir: str | os.PathLike | None = None
+    records: list[dict],
+    report_dir: str | os.PathLike,
+    results_dir: str | os.PathLike | None = None,
+    *,
+    unreadable: list[str] | None = None,
+    mixed: list[dict] | None = None,
 ) -> Path:
     """Write report.md, results.json, results.csv and figures/ into `report_dir`; returns report.md.
-    `results_dir` (where the records were read) is named in the report's rebuild command."""
+    `results_dir` (where the records were read) is named in the report's rebuild command;
+    `unreadable` (one line per result file that could not be read) and `mixed` (`mixed_settings`)
+    are listed in the report."""
     folder = Path(report_dir)
     folder.mkdir(parents=True, exist_ok=True)
     summary = summarize(records)
     if results_dir is not None:
         summary["results_dir"] = str(results_dir)
+    summary["unreadable"] = list(unreadable or [])
+    summary["mixed"] = list(mixed if mixed is not None else mixed_settings(records))
     figures = _figures(summary, records, folder / "figures")
     write_atomic(folder / "results.json", json.dumps(json_safe(summary), indent=1, default=str) + "\n")
     write_atomic(folder / "results.csv", _csv(summary["runs"]))
@@ -894,9 +994,19 @@ def write_report(
 
 
 def cli_report(args: Any) -> int:
-    records = load_results(args.results_dir)
+    """Rebuild a report. Exit 0, or 1 when some result files were unreadable (each named on
+    stderr and in the report); results of different settings are refused unless --allow-mixed."""
+    records, unreadable = scan_folder(args.results_dir)
+    _require_records(Path(args.results_dir), records, unreadable)
+    mixed = check_settings(records, args.results_dir, getattr(args, "allow_mixed", False))
     suite = next((r.get("suite") for r in records if r.get("suite")), Path(args.results_dir).name)
     report_dir = Path(args.report_dir) if getattr(args, "report_dir", None) else Path("reports") / str(suite)
-    path = write_report(records, report_dir, args.results_dir)
+    probe_folder(report_dir, "--report-dir" if getattr(args, "report_dir", None) else "report folder")
+    path = write_report(records, report_dir, args.results_dir, unreadable=unreadable, mixed=mixed)
+    for line in unreadable:
+        print(f"ssnbench: unreadable result file, left out of the report: {line}", file=sys.stderr)
+    if mixed:
+        print(f"report: {len({m['job'] for m in mixed})} run(s) trained under other settings are marked "
+              "in the report (--allow-mixed)")
     print(f"report: {path}")
-    return 0
+    return 1 if unreadable else 0

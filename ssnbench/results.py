@@ -221,7 +221,10 @@ def load_result(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except ValueError as err:
-        ends = getattr(err, "pos", 0) >= len(text.rstrip())
+        # Every writer ends a record with "}": an object that starts but never closes was cut off
+        # (the decoder's position is where the last token began, e.g. an unterminated string).
+        body = text.strip()
+        ends = getattr(err, "pos", 0) >= len(body) or (body.startswith("{") and not body.endswith("}"))
         kind = "truncated JSON" if ends else "not valid JSON"
         raise ResultError(f"{path}: {kind} ({err})") from None
     return validate(data, str(path))
@@ -236,8 +239,13 @@ def read_result(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def result_files(folder: str | os.PathLike) -> list[Path]:
-    """The result files of a results folder, sorted: `*.json` except checkpoints' `*.checkpoint.json`."""
-    return [p for p in sorted(Path(folder).glob("*.json")) if not p.name.endswith(".checkpoint.json")]
+    """The result files of a results folder, sorted: `*.json` except checkpoints' `*.checkpoint.json`
+    and the files a rerun kept aside (`*.replaced-<time>.json`, see runner.keep_aside)."""
+    return [
+        p
+        for p in sorted(Path(folder).glob("*.json"))
+        if not p.name.endswith(".checkpoint.json") and ".replaced-" not in p.name
+    ]
 
 
 def scan_results(folder: str | os.PathLike) -> tuple[list[dict[str, Any]], list[ResultError]]:

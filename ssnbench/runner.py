@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ssnbench import config as config_mod
-from ssnbench.config import DatasetSpec, ModelSpec, Suite
+from ssnbench.config import SPEED_ONLY_TRAIN_KEYS, DatasetSpec, ModelSpec, Suite
 from ssnbench.data.labels import CLASSES, LABELS
 from ssnbench.env import pick_device
 from ssnbench.losses import HEADS
@@ -67,13 +67,57 @@ def result_path(out: Path, job: Job) -> Path:
     return out / f"{job.id}.json"
 
 
+JOB_FILE_SUFFIXES = (".json", ".safetensors", ".checkpoint.json")
+"""The files one job writes into the results folder (record, checkpoint weights and their JSON)."""
+
+
+def keep_aside(out: Path, job: Job, when: datetime | None = None) -> list[tuple[Path, Path]]:
+    """Move a job's existing files to `<job>.replaced-<UTC time><suffix>` before it re-runs: no
+    result file is ever overwritten or deleted. Returns (old path, new path) pairs."""
+    stamp = (when or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    moved = []
+    for suffix in JOB_FILE_SUFFIXES:
+        src = out / f"{job.id}{suffix}"
+        if not src.exists():
+            continue
+        n, dest = 1, out / f"{job.id}.replaced-{stamp}{suffix}"
+        while dest.exists():
+            n += 1
+            dest = out / f"{job.id}.replaced-{stamp}-{n}{suffix}"
+        os.replace(src, dest)
+        moved.append((src, dest))
+    return moved
+
+
+def previous_result(suite: Suite, job: Job, out: Path, force: bool) -> tuple[dict | None, str | None]:
+    """The record already at the job's path (None when absent or unreadable) and why the job
+    re-runs over it (None: it is finished and kept). A record is kept when it is readable, ok and
+    of the same suite entry (job hash), unless `force`; anything else at the path is re-run and
+    kept aside (`keep_aside`)."""
+    from ssnbench.results import ResultError, load_result  # noqa: PLC0415
+
+    path = result_path(out, job)
+    if not path.exists():
+        return None, None
+    try:
+        prev = load_result(path)
+    except ResultError as err:
+        return None, str(err).removeprefix(f"{path}: ")
+    if force:
+        return prev, "re-run requested (--force)"
+    if prev.get("status") != "ok":
+        return prev, f"a {prev.get('status')} run"
+    if prev.get("job_hash") != job_hash(suite, job):
+        return prev, "its suite entry changed since it was written (stale)"
+    return prev, None
+
+
 def job_hash(suite: Suite, job: Job) -> str:
     """What a result depends on: a changed suite entry invalidates only the affected results."""
-    speed_only = ("threads", "num_workers", "eval_batch_size")  # change speed, not results
     key = {
         "model": job.model.to_dict(),
         "seed": job.seed,
-        "train": {k: v for k, v in asdict(suite.train).items() if k not in speed_only},
+        "train": {k: v for k, v in asdict(suite.train).items() if k not in SPEED_ONLY_TRAIN_KEYS},
         "dataset": asdict(suite.dataset),
     }
     if suite.eval.tta:  # only when set, so results written before `eval:` existed stay valid
@@ -455,15 +499,15 @@ def run_suite(
     jobs = plan(suite)
     todo: list[Job] = []
     existing: dict[str, dict] = {}
+    replacing: dict[str, str] = {}
     for job in jobs:
-        prev = read_result(result_path(out, job))
+        prev, why = previous_result(suite, job, out, force)
         if prev is not None:
             existing[job.id] = prev
-        if force or prev is None or prev.get("status") != "ok":
+        if prev is None or why is not None:
             todo.append(job)
-        elif prev.get("job_hash") != job_hash(suite, job):
-            progress.log(f"{job.id}: suite entry changed since its result was written; re-running")
-            todo.append(job)
+        if why is not None:
+            replacing[job.id] = why
 
     if preflight:
         from ssnbench.preflight import Flight, run_preflight
@@ -496,6 +540,7 @@ def run_suite(
             progress=progress,
             launcher=launcher,
             cpus_per_run=cpus_per_run,
+            replacing=replacing,
         )
     finally:
         torch.set_num_threads(threads_before)  # the process (a test session) keeps its setting
@@ -514,6 +559,7 @@ def _run(
     progress: Progress,
     launcher: Any,
     cpus_per_run: int | None,
+    replacing: dict[str, str] | None = None,
 ) -> int:
     """The suite proper (jobs already split into done and to-do by `run_suite`): skip the jobs a
     live run has claimed, hand the rest to the launcher, then report on every result file."""
@@ -533,6 +579,11 @@ def _run(
                 progress.log(f"{job.id}: skipped, {claim.describe()}; still running there")
                 held.append(job)
         todo = [j for j in todo if j not in held]
+        for job in todo:  # files a rerun replaces are kept aside, never overwritten (keep_aside)
+            if job.id in (replacing or {}):
+                progress.log(f"{result_path(out, job)}: {replacing[job.id]}; re-running it")
+                for src, dest in keep_aside(out, job):
+                    progress.log(f"{src}: moved aside to {dest.name} (the re-run writes a new one)")
         outcomes = []
         if todo:
             dev = None if device is None else str(device)

@@ -16,29 +16,35 @@ from ssnbench.data.derm7pt import Release, check_image_files, load_release, summ
 from ssnbench.data.labels import LABELS
 from ssnbench.data.transforms import check_image_header
 from ssnbench.errors import DatasetError
-from ssnbench.preflight import bound_problem
+from ssnbench.preflight import bound_problem, probe_folder
 
 
 def image_problems(release: Release, skip: set[str] = frozenset()) -> list[tuple[str, str]]:
     """(path relative to images/, one-line reason) of every image `run` would refuse: the same
-    header checks (size bounds) as `run`, then a full decode."""
+    header check (size bounds) as `run`'s pre-flight, then a full decode (in threads)."""
     paths = sorted({p for c in release.cases for p in (c.clinic, c.derm)} - {release.root / "images" / s
                                                                            for s in skip})
-
-    def bad(path: Path) -> tuple[str, str] | None:
+    problems: dict[Path, str] = {}
+    for path in paths:  # headers only, in this thread (check_image_header scopes a warnings filter)
         try:
             check_image_header(path)
+        except DatasetError as err:
+            problems[path] = str(err)
+
+    def bad(path: Path) -> tuple[Path, str] | None:
+        try:
             with Image.open(path) as img:
                 img.draft("RGB", (64, 64))
                 img.load()
-        except DatasetError as err:
-            return release.rel(path), str(err)
         except Exception as err:  # noqa: BLE001 - any decoder failure means the file is unusable
-            return release.rel(path), f"{path}: image unreadable ({type(err).__name__}: {err})"
+            return path, f"{path}: image unreadable ({type(err).__name__}: {err})"
         return None
 
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        return [p for p in pool.map(bad, paths) if p is not None]
+        for found in pool.map(bad, [p for p in paths if p not in problems]):
+            if found is not None:
+                problems[found[0]] = found[1]
+    return [(release.rel(p), problems[p]) for p in paths if p in problems]
 
 
 def make(args: argparse.Namespace) -> int:
@@ -50,6 +56,7 @@ def make(args: argparse.Namespace) -> int:
         problem = bound_problem(key, value)
         if problem:
             raise DatasetError(f"{option}: {problem}")
+    probe_folder(Path(args.out), "--out")
     start = time.perf_counter()
     root = generate(args.out, cases=args.cases, seed=args.seed, image_size=args.image_size)
     release = load_release(root)

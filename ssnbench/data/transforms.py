@@ -9,6 +9,7 @@ training step.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,10 +36,12 @@ INTERPOLATIONS: dict[str, int] = {
 def check_image_header(path: Path, border_crop: int = 0) -> tuple[int, int]:
     """Width and height of an image file from its header (no decoding), within the bounds that
     `data check` and `run` both apply (preflight.MIN_IMAGE_SIDE, MAX_IMAGE_PIXELS); else ONE
-    DatasetError line naming the file."""
+    DatasetError line naming the file. Call it from one thread (it scopes a warnings filter)."""
     try:
-        with Image.open(path) as img:
-            return _check_size(path, img.size, border_crop)
+        with warnings.catch_warnings():  # PIL warns from 89 Mpx; our bound is lower and says more
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return _check_size(path, img.size, border_crop)
     except DatasetError:
         raise
     except Exception as err:  # noqa: BLE001 - any decoder failure: the file is unusable
