@@ -292,17 +292,19 @@ def estimate_results(flight: Flight) -> None:
 @check("space")
 def check_space(flight: Flight) -> None:
     """The planned writes (plus a margin) fit in the free space of each filesystem involved."""
-    by_device: dict[int, tuple[Path, Path, int, dict[str, int]]] = {}
+    by_device: dict[int, tuple[list[Path], Path, int, dict[str, int]]] = {}
     for folder, nbytes, what in flight.needs:
         base = existing_parent(folder)
         try:
             dev = base.stat().st_dev
         except OSError:
             continue
-        first, _, total, whats = by_device.get(dev, (folder, base, 0, {}))
+        folders, _, total, whats = by_device.get(dev, ([], base, 0, {}))
+        if folder not in folders:
+            folders.append(folder)
         whats[what] = whats.get(what, 0) + nbytes
-        by_device[dev] = (first, base, total + nbytes, whats)
-    for folder, base, total, whats in by_device.values():
+        by_device[dev] = (folders, base, total + nbytes, whats)
+    for folders, base, total, whats in by_device.values():
         try:
             free = shutil.disk_usage(base).free
         except OSError:
@@ -310,8 +312,8 @@ def check_space(flight: Flight) -> None:
         if total + SPACE_MARGIN > free:
             parts = ", ".join(f"{what} {_size(n)}" for what, n in whats.items())
             raise UserError(
-                f"{folder}: needs about {_size(total + SPACE_MARGIN)} of free space ({parts}, margin "
-                f"{_size(SPACE_MARGIN)}), only {_size(free)} free on that filesystem"
+                f"{', '.join(str(f) for f in folders)}: need about {_size(total + SPACE_MARGIN)} of free "
+                f"space ({parts}, margin {_size(SPACE_MARGIN)}), only {_size(free)} free on that filesystem"
             )
 
 
