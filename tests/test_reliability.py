@@ -99,6 +99,7 @@ class Ws:
         dest = self.path / "data" / "release_v0"
         if not dest.exists():
             shutil.copytree(self.release, dest)
+            _readable(dest)
             self.suite(REAL, "real.yaml")
         return dest
 
@@ -106,12 +107,20 @@ class Ws:
         dest = self.path / "results"
         if not dest.exists():
             shutil.copytree(self.results, dest)
+            _readable(dest)
         return dest
 
     def lock(self, path: Path, mode: int = 0o000) -> None:
         """chmod `path` (given back after the case)."""
         self.restore.append(path)
         path.chmod(mode)
+
+
+def _readable(root: Path) -> None:
+    """Folders 0755, files 0644: a copy's modes do not depend on the ssnbench that made the original
+    (only the case's own chmod makes something unreadable)."""
+    for p in [root, *root.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
 
 
 def _meta(ws: Ws) -> Path:
@@ -1202,6 +1211,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             os.environ.pop("SSNBENCH_CACHE", None)
         else:
             os.environ["SSNBENCH_CACHE"] = before
+    _readable(base)  # `nobody` reads the shared inputs in the permission cases
     yield {"release": base / "data" / "release_v0", "results": base / "results", "cache": cache}
     shutil.rmtree(base, ignore_errors=True)
 
