@@ -84,6 +84,11 @@ class Ws:
     results: Path  # a finished results folder of TINY (session-wide, read only)
     cache: Path  # the session's data cache (TINY's data already generated)
     restore: list[Path] = field(default_factory=list)  # chmod-ed paths to give back
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def set_cache(self, monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+        monkeypatch.setenv("SSNBENCH_CACHE", str(cache))
+        _cache_knob(self.stack, cache)
 
     def suite(self, text: str = TINY, name: str = "suite.yaml") -> Path:
         p = self.path / name
@@ -1187,6 +1192,8 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cache = base / "cache"
     before = os.environ.get("SSNBENCH_CACHE")
     os.environ["SSNBENCH_CACHE"] = str(cache)
+    stack = contextlib.ExitStack()
+    _cache_knob(stack, cache)
     try:
         assert (
             cli.main(["data", "make", "--out", str(base / "data"), "--cases", "20", "--image-size", "24"])
@@ -1207,6 +1214,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         )
         assert code == 0
     finally:
+        stack.close()
         if before is None:
             os.environ.pop("SSNBENCH_CACHE", None)
         else:
@@ -1216,17 +1224,29 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     shutil.rmtree(base, ignore_errors=True)
 
 
+def _cache_knob(stack: contextlib.ExitStack, cache: Path) -> None:
+    """Where SSNBENCH_CACHE is read once per process (ssnbench.kernels.knobs), say it through the
+    knob's override as well; older versions read the environment at each run."""
+    try:
+        from ssnbench.kernels import knobs
+    except ImportError:
+        return
+    if hasattr(knobs, "override"):
+        stack.enter_context(knobs.override(cache=str(cache)))
+
+
 @pytest.fixture
 def ws(shared: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[Ws]:
     path = Path(tempfile.mkdtemp(prefix="ssnbench-case-"))
     path.chmod(0o777)  # `nobody` may create files in the permission cases
     w = Ws(path, shared["release"], shared["results"], shared["cache"])
     monkeypatch.chdir(path)
-    monkeypatch.setenv("SSNBENCH_CACHE", str(shared["cache"]))
+    w.set_cache(monkeypatch, shared["cache"])
     old_umask = os.umask(0o022)
     try:
         yield w
     finally:
+        w.stack.close()
         os.umask(old_umask)
         for obj, name, value in reversed(_PATCHES):
             setattr(obj, name, value)
@@ -1255,9 +1275,12 @@ def test_bad_input(
         if torch.cuda.is_available():
             pytest.skip("a CUDA device is present")
     if case.own_cache:
-        monkeypatch.setenv("SSNBENCH_CACHE", str(ws.path / "cache"))
+        ws.set_cache(monkeypatch, ws.path / "cache")
     for key, value in case.env:
-        monkeypatch.setenv(key, _expand(value, ws))
+        if key == "SSNBENCH_CACHE":
+            ws.set_cache(monkeypatch, Path(_expand(value, ws)))
+        else:
+            monkeypatch.setenv(key, _expand(value, ws))
     if case.setup is not None:
         case.setup(ws)
     skip = (*case.volatile, "cache")  # the data cache is the run's to fill (and to clean)
