@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo calibration test lint bench bench-compare mutation clean
+.PHONY: setup demo calibration test test-slow lint bench bench-compare mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --benchmark-disable tests
+
+# The `slow` cases (e.g. the reliability battery's real signals against a running suite, the wheel
+# build); `make test` skips the battery's slow cases (docs/reliability.md).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --benchmark-disable -m slow tests
 
 clean:
 	rm -rf $(VENV) .ssnbench-cache mutants

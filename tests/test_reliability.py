@@ -1367,7 +1367,12 @@ def _wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: fl
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,what,sig", SLOW, ids=[s[0] for s in SLOW])
-def test_fault_mid_suite(name: str, what: str, sig: signal.Signals | None, tmp_path: Path) -> None:
+def test_fault_mid_suite(
+    name: str, what: str, sig: signal.Signals | None, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    markexpr = request.config.getoption("markexpr") or ""
+    if "slow" not in markexpr or "not slow" in markexpr:
+        pytest.skip("slow battery case (subprocesses and real signals): run `make test-slow`")
     cache = tmp_path / "cache"
     suite = tmp_path / "suite.yaml"
     if sig is None:  # kill during generation: a bigger dataset so there is time to hit it
