@@ -1002,7 +1002,10 @@ def cli_report(args: Any) -> int:
     suite = next((r.get("suite") for r in records if r.get("suite")), Path(args.results_dir).name)
     report_dir = Path(args.report_dir) if getattr(args, "report_dir", None) else Path("reports") / str(suite)
     probe_folder(report_dir, "--report-dir" if getattr(args, "report_dir", None) else "report folder")
-    path = write_report(records, report_dir, args.results_dir, unreadable=unreadable, mixed=mixed)
+    try:
+        path = write_report(records, report_dir, args.results_dir, unreadable=unreadable, mixed=mixed)
+    except OSError as err:
+        raise UserError(f"{report_dir}: cannot write the report ({err.strerror or err})") from None
     for line in unreadable:
         print(f"ssnbench: unreadable result file, left out of the report: {line}", file=sys.stderr)
     if mixed:

@@ -31,6 +31,7 @@ from ssnbench import config as config_mod
 from ssnbench.config import SPEED_ONLY_TRAIN_KEYS, DatasetSpec, ModelSpec, Suite
 from ssnbench.data.labels import CLASSES, LABELS
 from ssnbench.env import pick_device
+from ssnbench.errors import UserError
 from ssnbench.losses import HEADS
 from ssnbench.progress import Progress, make_progress
 from ssnbench.results import (
@@ -597,7 +598,13 @@ def _run(
         if report_dir is not None and records:
             from ssnbench.report import write_report  # not at the top: most runs import no matplotlib
 
-            path = write_report(records, report_dir, out)
+            try:
+                path = write_report(records, report_dir, out)
+            except OSError as err:
+                raise UserError(
+                    f"{report_dir}: cannot write the report ({err.strerror or err}); the results are "
+                    f"complete in {out}: free space, then `ssnbench report {out}`"
+                ) from None
             progress.log(f"report: {path}")
         if failed:
             progress.log(f"{len(failed)} of {len(jobs)} jobs failed: " + ", ".join(r["job"] for r in failed))
