@@ -1443,8 +1443,14 @@ def table() -> str:
     for c in CASES:
         says = ", ".join(f"`{s}`" for s in c.says).replace("|", "\\|").replace("{ws}", "…")
         rows.append(f"| `{c.id}` | {c.kind} | {c.what} | {c.code} | {says} |")
-    for name, what, _ in SLOW:
-        rows.append(f"| `{name}` | fault (slow) | {what} | 130 / 0 | `ssnbench: interrupted` (SIGINT) |")
+    for name, what, sig in SLOW:
+        if sig == signal.SIGINT:
+            code, says = "130, then 0", "`ssnbench: interrupted`; finished results unchanged"
+        elif sig is None:
+            code, says = "killed, then 0", "`temp folder(s) left by an interrupted data generation`"
+        else:
+            code, says = "killed, then 0", "finished results unchanged, no temp file left"
+        rows.append(f"| `{name}` | fault (slow) | {what} | {code} | {says} |")
     return "\n".join(rows)
 
 
