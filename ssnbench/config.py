@@ -73,10 +73,6 @@ class TrainSpec:
     class_weights: bool = False  # inverse-frequency class weights in the cross-entropies
 
 
-SPEED_ONLY_TRAIN_KEYS = ("threads", "num_workers", "eval_batch_size")
-"""TrainSpec fields that change how fast a run is, not its numbers (a result stays valid)."""
-
-
 @dataclass(frozen=True)
 class ProfileSpec:
     """Throughput/memory measurement, once per model (not per seed)."""

@@ -27,7 +27,14 @@ from ssnbench.claims import evaluate_claims, finish_verdicts, paired_case_scores
 from ssnbench.data.labels import LABELS
 from ssnbench.errors import UserError
 from ssnbench.preflight import probe_folder
-from ssnbench.results import json_safe, scan_results, unpack_classes, unpack_probs, write_atomic
+from ssnbench.results import (
+    SPEED_ONLY_TRAIN_KEYS,
+    json_safe,
+    scan_results,
+    unpack_classes,
+    unpack_probs,
+    write_atomic,
+)
 
 DIAG_KEYS = ("diag_balanced_acc", "diag_auc_macro", "mel_sensitivity", "mel_specificity")
 SYNTHETIC_BANNER = (
@@ -79,8 +86,6 @@ def _require_records(folder: Path, records: list[dict], problems: list[str]) -> 
 def settings_of(record: dict) -> dict[str, Any]:
     """The settings a result depends on besides its model and seed, flattened to `section.key`
     (train minus the speed-only keys, the dataset's preparation and the evaluation)."""
-    from ssnbench.config import SPEED_ONLY_TRAIN_KEYS  # noqa: PLC0415
-
     out: dict[str, Any] = {}
     for k, v in (record.get("train") or {}).items():
         if k not in SPEED_ONLY_TRAIN_KEYS:

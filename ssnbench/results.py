@@ -30,6 +30,10 @@ SCHEMA_VERSION = 1
 
 STATUSES = ("running", "ok", "failed")
 
+SPEED_ONLY_TRAIN_KEYS = ("threads", "num_workers", "eval_batch_size")
+"""`train` settings that change how fast a run is, not its numbers: left out of the job hash (a
+result stays valid) and of the report's same-settings check."""
+
 
 class ResultError(UserError):
     """A result file is unreadable, truncated, malformed or of another schema version."""

@@ -28,13 +28,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ssnbench import config as config_mod
-from ssnbench.config import SPEED_ONLY_TRAIN_KEYS, DatasetSpec, ModelSpec, Suite
+from ssnbench.config import DatasetSpec, ModelSpec, Suite
 from ssnbench.data.labels import CLASSES, LABELS
 from ssnbench.env import pick_device
 from ssnbench.errors import UserError
 from ssnbench.losses import HEADS
 from ssnbench.progress import Progress, make_progress
 from ssnbench.results import (
+    SPEED_ONLY_TRAIN_KEYS,
     JobError,
     Predictions,
     ResultRecord,
