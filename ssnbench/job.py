@@ -169,7 +169,14 @@ def execute(
         record["placement"] = placement(ctx, opts, used, workers, beat.max_on_host, log)
         if record["status"] == "ok" and "error" not in record.get("profile", {}):
             ctx.profiles.setdefault(job.model.name, record["profile"])
-        write_result(runner_mod.result_path(out, job), record)
+        try:
+            write_result(runner_mod.result_path(out, job), record)
+        except OSError as err:  # e.g. the disk filled up during the job: one line, not a traceback
+            raise UserError(
+                f"{runner_mod.result_path(out, job)}: cannot write the result file ({err.strerror or err}); "
+                "this job's work is lost, the results finished before are kept: free space and run "
+                "the same command again"
+            ) from None
     finally:
         claims.release(out, job.id, opts.token)
     if record["status"] == "ok":
