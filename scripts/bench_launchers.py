@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ssnbench.results import result_files
+
 SUITE = """\
 name: bench-launchers
 dataset: {{kind: synthetic, cases: 600, seed: 0, source_size: 64, image_size: 48, border_crop: 3}}
@@ -76,7 +78,7 @@ def main() -> int:
         if name == "ray":
             up = re.search(r"ray: local cluster up in ([\d.]+)s", text)
             figures["ray_startup_seconds"] = float(up.group(1)) if up else None
-        statuses = [json.loads(p.read_text())["status"] for p in sorted(out.glob("*.json"))]
+        statuses = [json.loads(p.read_text())["status"] for p in result_files(out)]
         figures[f"{name}_statuses"] = statuses
     figures["load_after"] = load()
     figures["ratio_local_over_ray"] = figures["local_seconds"] / figures["ray_seconds"]  # type: ignore[operator]
