@@ -245,7 +245,7 @@ def record_lost(
         train=asdict(suite.train),
         started_at=now,
         finished_at=now,
-        extra={"placement": {"launcher": opts.launcher, "log": log}},
+        placement={"launcher": opts.launcher, "log": log},
     )
     write_result(path, record)
     claims.release(out, job.id, opts.token)

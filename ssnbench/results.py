@@ -112,6 +112,7 @@ class ResultRecord:
     timings: dict[str, float] = field(default_factory=dict)
     profile: dict[str, Any] | None = None
     checkpoint: dict[str, Any] | None = None  # {weights, meta, sha256}: files next to the result
+    placement: dict[str, Any] | None = None  # where the job ran: ssnbench.job.placement (docs/scale.md)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -180,3 +180,12 @@ def test_prediction_packing_round_trips() -> None:
     assert (unpack_classes(classes.tolist()) == classes).all()  # plain lists still read
     probs = np.array([[0.1, 0.2, 0.3, 0.25, 0.15]])
     assert np.allclose(unpack_probs(pack_probs(probs)), probs)
+
+
+def test_placement_is_a_declared_field_not_an_unknown_key() -> None:
+    """Where a job ran (ssnbench.job.placement) is part of the schema: a reader gets it as a field."""
+    where = {"launcher": "ray", "host": "n1", "cuda_visible_devices": "0"}
+    data = {**_ok_record().to_dict(), "placement": where}
+    parsed = ResultRecord.from_dict(data)
+    assert parsed.placement == where
+    assert parsed.extra == {} and parsed.to_dict() == data
