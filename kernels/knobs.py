@@ -28,6 +28,8 @@ so explicitly with `override(field=value)`.
 |                              |                 |         | (the one knob read at each use, through       |
 |                              |                 |         | `from_env()`: tests and launchers set it per  |
 |                              |                 |         | process or suite)                             |
+| SSNBENCH_SUBMITIT_CLUSTER    | submitit_cluster| slurm   | local / debug: `--launcher slurm` on          |
+|                              |                 |         | submitit's local or debug executor            |
 
 docs/interfaces.md has the same table with who reads each knob. Note that Triton itself reads
 TRITON_INTERPRET when a kernel is decorated: set it before `ssnbench.kernels` is imported (the test
@@ -71,6 +73,7 @@ class Knobs:
     precompile: bool = True
     bench_threads: int = 1
     cache: str = ".ssnbench-cache"
+    submitit_cluster: str = "slurm"
 
     def __post_init__(self) -> None:
         if self.bwd_path not in (None, *BWD_PATHS):
@@ -101,6 +104,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Knobs:
         precompile=_flag(env, "SSNBENCH_PRECOMPILE", True),
         bench_threads=bench_threads,
         cache=env.get("SSNBENCH_CACHE") or ".ssnbench-cache",
+        submitit_cluster=env.get("SSNBENCH_SUBMITIT_CLUSTER") or "slurm",
     )
 
 

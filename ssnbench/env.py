@@ -68,7 +68,7 @@ def cpu_model() -> str:
 def _version(module: str) -> str | None:
     try:
         return __import__(module).__version__
-    except Exception:  # noqa: BLE001 - absent, or broken (triton on a CPU-only machine)
+    except Exception:  # absent, or broken (triton on a CPU-only machine)
         return None
 
 

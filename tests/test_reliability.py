@@ -1084,7 +1084,7 @@ CASES: list[Case] = [
 def _fake_disk_usage(free: int) -> None:
     real = shutil.disk_usage
 
-    def fake(path):  # noqa: ANN001 - shutil's signature
+    def fake(path):  # shutil's signature
         total, used, _ = real(path)
         return type(real(path))(total, used, free)
 
@@ -1140,7 +1140,7 @@ class _CaseTimeout(BaseException):
 
 @contextlib.contextmanager
 def _deadline(seconds: int) -> Iterator[None]:
-    def fire(signum, frame):  # noqa: ANN001
+    def fire(signum, frame):
         raise _CaseTimeout(f"case still running after {seconds} s")
 
     old = signal.signal(signal.SIGALRM, fire)
@@ -1174,7 +1174,7 @@ def _in_child(argv: list[str], nobody: bool, cap: bool) -> tuple[int, str, str]:
                 code = cli.main(argv)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 2
-            except BaseException:  # noqa: BLE001 - report it like an uncaught exception would
+            except BaseException:  # report it like an uncaught exception would
                 import traceback
 
                 traceback.print_exc()

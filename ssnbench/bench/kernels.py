@@ -246,10 +246,10 @@ def bench_shape(
         row["dtype"] = str(dtype).split(".")[-1]
         if name == "sdpa_batched":
             leaves = [torch.cat([x[i], x[j]]).detach().requires_grad_() for i, j in ((0, 3), (4, 1), (5, 2))]
-            make_call = lambda lv: lambda: (F.scaled_dot_product_attention(*lv),)  # noqa: E731
+            make_call = lambda lv: lambda: (F.scaled_dot_product_attention(*lv),)
         else:
             leaves = x
-            make_call = lambda lv, fn=fn: lambda: fn(lv)  # noqa: E731
+            make_call = lambda lv, fn=fn: lambda: fn(lv)
         call = make_call(leaves)
         try:
             with knobs.override(**METHOD_KNOBS.get(name, {})):  # the A/B rows' knob values

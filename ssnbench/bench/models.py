@@ -95,7 +95,7 @@ def bench_model(name: str, arch: str, options: dict[str, Any], model: torch.nn.M
                 rec = profiling.measure_throughput(model, batch, image_size, device, train=mode == "train",
                                                    amp=amp, channels_last=channels_last, warmup=warmup,
                                                    iters=iters)
-            except Exception as err:  # noqa: BLE001 - one broken configuration must not end the sweep
+            except Exception as err:  # one broken configuration must not end the sweep
                 rec = {"status": "error", "error": f"{type(err).__name__}: {err}".splitlines()[0],
                        "batch_size": batch, "img_size": image_size}
             row[f"{mode}_samples_per_sec"] = _round(rec.get("samples_per_sec"), 2)

@@ -36,7 +36,7 @@ def image_problems(release: Release, skip: set[str] = frozenset()) -> list[tuple
             with Image.open(path) as img:
                 img.draft("RGB", (64, 64))
                 img.load()
-        except Exception as err:  # noqa: BLE001 - any decoder failure means the file is unusable
+        except Exception as err:  # any decoder failure means the file is unusable
             return path, f"{path}: image unreadable ({type(err).__name__}: {err})"
         return None
 

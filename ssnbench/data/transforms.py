@@ -32,10 +32,17 @@ INTERPOLATIONS: dict[str, int] = {
     "lanczos": Image.LANCZOS,
 }
 
+# Image-file bounds, applied by `data check` and by `run`'s pre-flight alike (through
+# check_image_header); the size bounds of suite values are preflight.BOUNDS.
+MIN_IMAGE_SIDE = 16
+"""Shorter side (px) below which an image file is rejected."""
+MAX_IMAGE_PIXELS = 64_000_000
+"""Pixels (w x h) above which an image file is rejected (PIL's own bomb limit is 179 M)."""
+
 
 def check_image_header(path: Path, border_crop: int = 0) -> tuple[int, int]:
     """Width and height of an image file from its header (no decoding), within the bounds that
-    `data check` and `run` both apply (preflight.MIN_IMAGE_SIDE, MAX_IMAGE_PIXELS); else ONE
+    `data check` and `run` both apply (MIN_IMAGE_SIDE, MAX_IMAGE_PIXELS); else ONE
     DatasetError line naming the file. Call it from one thread (it scopes a warnings filter)."""
     try:
         with warnings.catch_warnings():  # PIL warns from 89 Mpx; our bound is lower and says more
@@ -44,13 +51,11 @@ def check_image_header(path: Path, border_crop: int = 0) -> tuple[int, int]:
                 return _check_size(path, img.size, border_crop)
     except DatasetError:
         raise
-    except Exception as err:  # noqa: BLE001 - any decoder failure: the file is unusable
+    except Exception as err:  # any decoder failure: the file is unusable
         raise _image_error(path, err) from None
 
 
 def _check_size(path: Path, size: tuple[int, int], border_crop: int) -> tuple[int, int]:
-    from ssnbench.preflight import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
-
     w, h = size
     if w * h > MAX_IMAGE_PIXELS:
         raise DatasetError(f"{path}: image is {w}x{h} px ({w * h / 1e6:.0f} Mpx), above the bound of "
@@ -64,8 +69,6 @@ def _check_size(path: Path, size: tuple[int, int], border_crop: int) -> tuple[in
 
 
 def _image_error(path: Path, err: BaseException) -> DatasetError:
-    from ssnbench.preflight import MAX_IMAGE_PIXELS
-
     if not Path(path).is_file():
         return DatasetError(f"{path}: image not found")
     if isinstance(err, Image.DecompressionBombError):
@@ -101,7 +104,7 @@ def load_image(path: Path, size: int, border_crop: int, interpolation: str = "bi
             array = np.asarray(img, dtype=np.uint8)
     except DatasetError:
         raise
-    except Exception as err:  # noqa: BLE001 - any decoder failure (incl. PIL's bomb check): one line
+    except Exception as err:  # any decoder failure (incl. PIL's bomb check): one line
         raise _image_error(path, err) from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 

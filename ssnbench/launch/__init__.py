@@ -1,8 +1,9 @@
 """Where a suite's jobs run: one small interface, three launchers.
 
 A launcher gets a `LaunchPlan` (the suite, its file, the jobs to run, the out folder, the options
-every job gets) and returns one `Outcome` per job. Each job writes its own result file through
-ssnbench.job, so a launcher only decides *where* jobs run and records the ones whose worker died.
+every job gets) and returns one `Outcome` per job (`LaunchPlan` and the `Launcher` protocol live in
+ssnbench.launch.base). Each job writes its own result file through ssnbench.job, so a launcher only
+decides *where* jobs run and records the ones whose worker died.
 
 - `local` (default): the jobs one after another in this process (ssnbench.launch.local);
 - `ray`: one Ray core task per job (ssnbench.launch.ray; extra `ssnbench[ray]`);
@@ -15,37 +16,15 @@ pip install, so the base install stays light.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from ssnbench.errors import UserError
+from ssnbench.launch.base import Launcher, LaunchPlan
 
-if TYPE_CHECKING:
-    from ssnbench.config import Suite
-    from ssnbench.job import Outcome, RunOptions
-    from ssnbench.progress import Progress
-    from ssnbench.runner import Job
+__all__ = ["LAUNCHERS", "LaunchPlan", "Launcher", "add_options", "from_args", "make", "require"]
 
 LAUNCHERS = ("local", "ray", "slurm")
 _EXTRA = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}  # launcher -> (module, extra)
-
-
-@dataclass
-class LaunchPlan:
-    suite: Suite
-    suite_file: str
-    jobs: list[Job]
-    out: Path
-    opts: RunOptions
-
-
-class Launcher(Protocol):
-    name: str
-
-    def run(self, plan: LaunchPlan, progress: Progress) -> list[Outcome]:
-        """Run (or submit) every job of the plan; one outcome per job."""
-        ...
 
 
 def require(launcher: str) -> Any:
@@ -62,24 +41,24 @@ def require(launcher: str) -> Any:
 def make(name: str, **options: Any) -> Launcher:
     """The launcher called `name`, built from its CLI options (unused options must be None)."""
     if name == "local":
-        from ssnbench.launch.local import LocalLauncher  # noqa: PLC0415
+        from ssnbench.launch.local import LocalLauncher
 
         return LocalLauncher(**options)
     if name == "ray":
         require("ray")
-        from ssnbench.launch.ray import RayLauncher  # noqa: PLC0415
+        from ssnbench.launch.ray import RayLauncher
 
         return RayLauncher(**options)
     if name == "slurm":
         require("slurm")
-        from ssnbench.launch.slurm import SlurmLauncher  # noqa: PLC0415
+        from ssnbench.launch.slurm import SlurmLauncher
 
         return SlurmLauncher(**options)
     raise UserError(f"--launcher: unknown launcher {name!r} (choose from {', '.join(LAUNCHERS)})")
 
 
 def _positive(text: str) -> int:
-    import argparse  # noqa: PLC0415
+    import argparse
 
     try:
         value = int(text)
@@ -91,7 +70,7 @@ def _positive(text: str) -> int:
 
 
 def _count(text: str) -> int:
-    import argparse  # noqa: PLC0415
+    import argparse
 
     try:
         value = int(text)

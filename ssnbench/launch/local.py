@@ -6,7 +6,7 @@ One `Context` for the whole suite: the data is opened once and a model's profile
 from __future__ import annotations
 
 from ssnbench.job import Context, Outcome, execute
-from ssnbench.launch import LaunchPlan
+from ssnbench.launch.base import LaunchPlan
 from ssnbench.progress import Progress
 
 

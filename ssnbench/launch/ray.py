@@ -23,7 +23,7 @@ from typing import Any
 from ssnbench import job as job_mod
 from ssnbench.errors import UserError
 from ssnbench.job import Outcome
-from ssnbench.launch import LaunchPlan
+from ssnbench.launch.base import LaunchPlan
 from ssnbench.progress import Progress
 
 POLL_S = 1.0
@@ -58,10 +58,10 @@ class RayLauncher:
         return 1 if have and device is None else 0
 
     def run(self, plan: LaunchPlan, progress: Progress) -> list[Outcome]:
-        import ray  # noqa: PLC0415
+        import ray
 
         t0 = time.perf_counter()
-        from ssnbench.runner import cache_root  # noqa: PLC0415
+        from ssnbench.runner import cache_root
 
         env = {"SSNBENCH_CACHE": str(cache_root().resolve())}  # one cache per node, whatever the cwd
         kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": {"env_vars": env}}

@@ -26,12 +26,12 @@ from ssnbench import job as job_mod
 from ssnbench import runner as runner_mod
 from ssnbench.errors import UserError
 from ssnbench.job import Outcome
-from ssnbench.launch import LaunchPlan, claims
+from ssnbench.kernels import knobs
+from ssnbench.launch import claims
+from ssnbench.launch.base import LaunchPlan
 from ssnbench.progress import Progress
 from ssnbench.results import read_result, write_json_atomic
 
-# Read once: which submitit backend stands in for SLURM (tests, trying the launcher on a laptop).
-CLUSTER = os.environ.get("SSNBENCH_SUBMITIT_CLUSTER", "slurm")
 POLL_S = 2.0
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "UNKNOWN"}
 STATE_FILE = "submitted.json"
@@ -58,7 +58,8 @@ class SlurmLauncher:
         self.partition, self.timeout_min = partition, timeout_min
         self.array_parallelism, self.setup = array_parallelism, list(setup or [])
         self.no_wait, self.gpus_per_run = no_wait, gpus_per_run
-        self.cluster = cluster or CLUSTER
+        # SSNBENCH_SUBMITIT_CLUSTER: which submitit backend stands in for SLURM (tests, a laptop).
+        self.cluster = cluster or knobs.current().submitit_cluster
         if self.cluster not in ("slurm", "local", "debug"):
             raise UserError(f"SSNBENCH_SUBMITIT_CLUSTER={self.cluster!r}: expected slurm, local or debug")
         if self.cluster == "slurm" and shutil.which("sbatch") is None:
@@ -95,7 +96,7 @@ class SlurmLauncher:
     # -- run ------------------------------------------------------------------------------------
 
     def run(self, plan: LaunchPlan, progress: Progress) -> list[Outcome]:
-        import submitit  # noqa: PLC0415
+        import submitit
 
         out = Path(plan.out)
         state = self._load(out)
@@ -229,7 +230,7 @@ class SlurmLauncher:
         )
         try:
             result = sjob.result()
-        except Exception:  # noqa: BLE001 - the reason is read from the job below
+        except Exception:  # the reason is read from the job below
             result = None
         if isinstance(result, Outcome) and result.status == "skipped":
             return Outcome(job.id, "skipped", result.detail, log)
@@ -248,7 +249,7 @@ def _why(sjob: Any) -> str:
     """The scheduler's or Python's one-line reason for a job that left no result."""
     try:
         err = sjob.exception()
-    except Exception as e:  # noqa: BLE001 - e.g. no result pickle at all (killed, timed out)
+    except Exception as e:  # e.g. no result pickle at all (killed, timed out)
         err = e
     state = ""
     with contextlib.suppress(Exception):

@@ -93,7 +93,7 @@ def _load_weights(model: nn.Module, path: Path, name: str) -> None:
 
     try:
         state = load_state_dict(str(path), use_ema=False, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
+    except Exception as err:  # any unreadable file is the user's to fix
         raise ConfigError(
             f"pretrained: cannot read weights file {str(path)!r}: {type(err).__name__}: {err}"
         ) from None
@@ -101,7 +101,7 @@ def _load_weights(model: nn.Module, path: Path, name: str) -> None:
     if filter_fn is not None:
         try:
             state = filter_fn(state, model)
-        except Exception:  # noqa: BLE001 - filters expect the upstream layout; a timm-layout file needs none
+        except Exception:  # filters expect the upstream layout; a timm-layout file needs none
             _logger.debug("checkpoint filter of %s failed on %s; loading unfiltered", name, path)
     classifiers = model.pretrained_cfg.get("classifier") or ()
     if isinstance(classifiers, str):

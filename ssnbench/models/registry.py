@@ -25,6 +25,8 @@ __all__ = [
     "register_model",
 ]
 
+# Complete by the time anything calls this module: Python runs the package's __init__ (which imports
+# every family, registering it) before it runs this file, so no lazy import of the package is needed.
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -38,19 +40,13 @@ def register_model(fn: Callable[..., nn.Module], name: str | None = None) -> Cal
     return fn
 
 
-def _ensure_loaded() -> None:
-    import ssnbench.models  # noqa: F401 - importing the package registers every arch
-
-
 def list_archs() -> list[str]:
     """Registered architecture names, sorted."""
-    _ensure_loaded()
     return sorted(_MODELS)
 
 
 def arch_options(arch: str) -> dict[str, Any]:
     """Option names of `arch` with their defaults (for docs, reports and config validation)."""
-    _ensure_loaded()
     if arch not in _MODELS:
         raise ConfigError(_unknown_arch(arch))
     sig = inspect.signature(_MODELS[arch])
@@ -69,7 +65,6 @@ def _unknown_arch(arch: object) -> str:
 
 def build_model(arch: str, **options: Any) -> nn.Module:
     """Build registered model `arch` with `options`; unknown arch/option or a bad value -> ConfigError."""
-    _ensure_loaded()
     if arch not in _MODELS:
         raise ConfigError(_unknown_arch(arch))
     valid = arch_options(arch)
