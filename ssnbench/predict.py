@@ -82,8 +82,8 @@ def _split_dataset(root: Path, split: str, data: dict[str, Any]) -> Dataset:
     return Derm7ptDataset(
         split,
         [release.cases[r] for r in rows],
-        data["image_size"],
-        data["border_crop"],
+        image_size=data["image_size"],
+        border_crop=data["border_crop"],
         normalize=True,
         augment=False,
         cache=True,

@@ -187,7 +187,9 @@ def test_bench_shape_graph_timings_on_cuda():
     keep = ("fused", "sdpa_2calls", "sdpa_batched")
     methods = {k: v for k, v in bk.available_methods(gpu=True).items() if k in keep}
     timer = bk.make_timer(gpu=True, quick=True)
-    rows = bk.bench_shape(2, 2, 49, 32, torch.bfloat16, "cuda", methods, timer, {}, graph=True)
+    rows = bk.bench_shape(
+        2, 2, 49, 32, dtype=torch.bfloat16, device="cuda", methods=methods, timer=timer, peaks={}, graph=True
+    )
     assert [r["method"] for r in rows] == ["fused", "sdpa_2calls", "sdpa_batched"]
     for r in rows:
         assert "error" not in r, r

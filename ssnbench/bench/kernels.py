@@ -231,7 +231,7 @@ def _measure_peaks(gpu: bool) -> dict[str, float]:
 
 
 def bench_shape(
-    B: int, H: int, L: int, D: int, dtype: torch.dtype, device: str,
+    B: int, H: int, L: int, D: int, *, dtype: torch.dtype, device: str,
     methods: dict, timer: Callable, peaks: dict, graph: bool = False,
 ) -> list[dict[str, Any]]:
     """Eager timings of every method at one shape; with `graph` (GPU only) also CUDA-graph timings."""
@@ -407,7 +407,8 @@ def run(quick: bool = False, device: str | None = None,
 
     for D in dims:
         for L in lengths:
-            rows += bench_shape(B, H, L, D, dtype, device, methods_run, timer, peaks, graph=graph)
+            rows += bench_shape(B, H, L, D, dtype=dtype, device=device, methods=methods_run, timer=timer,
+                                peaks=peaks, graph=graph)
             if on_progress is not None:
                 on_progress(snapshot(False))
     return snapshot(True)

@@ -70,7 +70,7 @@ def build(arch: str, options: dict[str, Any]) -> torch.nn.Module:
     return build_model(arch, **options)
 
 
-def bench_model(name: str, arch: str, options: dict[str, Any], model: torch.nn.Module, image_size: int,
+def bench_model(name: str, arch: str, options: dict[str, Any], model: torch.nn.Module, *, image_size: int,
                 batch_sizes: Sequence[int], device: torch.device, amp: bool, channels_last: bool,
                 warmup: int, iters: int, gmacs: bool = True,
                 log: Callable[[str], None] = lambda _: None) -> list[dict[str, Any]]:
@@ -130,8 +130,9 @@ def _bench_rounds(specs: Sequence[Any], rounds: int, image_size: int, batch_size
         for spec, model in built[shift:] + built[:shift]:
             log(f"round {r + 1}/{rounds}")
             per_model[spec.name].append(
-                bench_model(spec.name, spec.arch, dict(spec.options), model, image_size, batch_sizes, device,
-                            amp, channels_last, warmup, iters, gmacs=r == 0, log=log)
+                bench_model(spec.name, spec.arch, dict(spec.options), model, image_size=image_size,
+                            batch_sizes=batch_sizes, device=device, amp=amp, channels_last=channels_last,
+                            warmup=warmup, iters=iters, gmacs=r == 0, log=log)
             )
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -245,7 +246,7 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], suite: str, refere
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(rows: list[dict[str, Any]], env: dict[str, Any], suite: str, out_dir: Path,
+def write_outputs(rows: list[dict[str, Any]], env: dict[str, Any], *, suite: str, out_dir: Path,
                   reference: str | None, json_path: Path | None = None) -> dict[str, Path]:
     """CSV, JSON and Markdown named `bench_models_<suite>_<env tag>.*`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -306,8 +307,9 @@ def cli(args: argparse.Namespace) -> int:
         rows: list[dict[str, Any]] = []
         for spec in suite.models:
             model = build(spec.arch, dict(spec.options))
-            rows += bench_model(spec.name, spec.arch, dict(spec.options), model, image_size, args.batch_sizes,
-                                device, amp, channels_last, warmup, iters, log=log)
+            rows += bench_model(spec.name, spec.arch, dict(spec.options), model, image_size=image_size,
+                                batch_sizes=args.batch_sizes, device=device, amp=amp,
+                                channels_last=channels_last, warmup=warmup, iters=iters, log=log)
             del model
             if on_cuda:
                 torch.cuda.empty_cache()
@@ -317,8 +319,8 @@ def cli(args: argparse.Namespace) -> int:
     reference = getattr(suite, "reference", None) or suite.models[0].name
     add_relative(rows, reference)
     out_dir = Path(args.out) if args.out else Path("results") / "bench" / suite.name
-    paths = write_outputs(rows, env, suite.name, out_dir, reference,
-                          Path(args.json) if args.json else None)
+    paths = write_outputs(rows, env, suite=suite.name, out_dir=out_dir, reference=reference,
+                          json_path=Path(args.json) if args.json else None)
     print_table(rows, env, suite.name)
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")

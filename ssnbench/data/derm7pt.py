@@ -293,7 +293,7 @@ class Derm7ptDataset(Dataset):
     Picklable (plain tensors and a transform object), so DataLoader workers can use it.
     """
 
-    def __init__(self, split: str, cases: list[Case], image_size: int, border_crop: int,
+    def __init__(self, split: str, cases: list[Case], *, image_size: int, border_crop: int,
                  normalize: bool, augment, cache: bool, root: Path | None = None,
                  interpolation: str = "bilinear", mean: tuple[float, ...] | None = None,
                  std: tuple[float, ...] | None = None) -> None:
@@ -358,8 +358,9 @@ def make_datasets(root_or_release: str | Path | Release, image_size: int = 224, 
     out = {}
     for split in SPLITS:
         cases = [release.cases[r] for r in release.splits[split]]
-        out[split] = Derm7ptDataset(split, cases, image_size, border_crop, normalize,
-                                    augment if split == "train" else False, cache, release.root,
+        out[split] = Derm7ptDataset(split, cases, image_size=image_size, border_crop=border_crop,
+                                    normalize=normalize, augment=augment if split == "train" else False,
+                                    cache=cache, root=release.root,
                                     interpolation=interpolation, mean=mean, std=std)
     return out
 

@@ -387,7 +387,7 @@ RAW_BASE = {"blue nevus": (0.33, 0.38, 0.52), "dermal nevus": (0.72, 0.54, 0.45)
             "vascular lesion": (0.62, 0.22, 0.30), "dermatofibroma": (0.70, 0.50, 0.40)}
 
 
-def render_lesion(rng: np.random.Generator, shown: tuple[int, ...], shown_raw: tuple[str, ...],
+def render_lesion(rng: np.random.Generator, shown: tuple[int, ...], shown_raw: tuple[str, ...], *,
                   x: np.ndarray, y: np.ndarray, vis: Mapping[str, float] | None = None,
                   ) -> tuple[np.ndarray, np.ndarray, float]:
     """Premultiplied lesion colour [H, W, 3], alpha [H, W] and radius on the derm grid (x, y).
@@ -617,11 +617,11 @@ def render_pair(case: SyntheticCase, seed: int, size: int,
     rng = np.random.default_rng([seed, 1, case.index])
     c = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
     x, y = np.meshgrid(c, c)
-    colour, alpha, radius = render_lesion(rng, case.shown, case.shown_raw, x, y, design.derm)
+    colour, alpha, radius = render_lesion(rng, case.shown, case.shown_raw, x=x, y=y, vis=design.derm)
     # The same lesion (a fresh RNG in the same state: the same draws) with the clinic's visibility.
     lesion_rng = np.random.default_rng([seed, 1, case.index])
     c_vis = design.effective_clinic()
-    c_colour, c_alpha, _ = render_lesion(lesion_rng, case.shown, case.shown_raw, x, y, c_vis)
+    c_colour, c_alpha, _ = render_lesion(lesion_rng, case.shown, case.shown_raw, x=x, y=y, vis=c_vis)
     extra = design.clinic_extra
 
     # Dermoscopy: immersion-lit pinkish skin, the lesion filling the field whatever its size, a
