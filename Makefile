@@ -53,7 +53,9 @@ bench-compare: $(STAMP)
 	$(BIN)/python -m pytest $(BENCH_ARGS) --benchmark-compare --benchmark-compare-fail=median:$(BENCH_FAIL)%
 
 # Mutation testing of the core modules with mutmut (docs/testing.md); not part of `make test` or CI.
-# One mutmut run per module with that module's tests only; MUTATION_JOBS mutants in parallel.
+# One mutmut run over the scopes of scripts/mutation.py, each mutant against the tests that call its
+# function; MUTATION_JOBS mutants in parallel. Results are kept in mutants/ (unchanged functions are
+# not re-run); `rm -rf mutants` first for a fresh measurement.
 # MUTATION_ONLY=losses (or any scope of scripts/mutation.py) runs one module.
 MUTATION_JOBS ?= 2
 MUTATION_ONLY ?=
