@@ -5,11 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo calibration test test-slow lint bench bench-compare mutation clean
+.PHONY: setup demo calibration test test-slow lint bench bench-compare mutation clean constraints
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the versions the tests passed on (regenerate: make constraints).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -38,6 +39,12 @@ test-slow: $(STAMP)
 clean:
 	rm -rf $(VENV) .ssnbench-cache mutants
 
+# Record the versions installed now (after `make test` passed) as the tested set; local build tags
+# (+cu130) are dropped so the pins also match the PyPI builds.
+constraints:
+	{ echo "# Versions the test suite passed on (make constraints; used by make setup: pip install -c)"; \
+	  $(BIN)/python -m pip list --format=freeze --exclude-editable | grep -v -E '^(pip|setuptools|wheel)==' | sed 's/+[^ ]*$$//'; } > constraints.txt
+
 # Speed cases (tests/benchmarks/). `make bench` times them and saves the run under .benchmarks/;
 # `make bench-compare` times them again and fails when a case's median is more than BENCH_FAIL %
 # slower than the last saved run (cases marked benchmark_threshold(PCT) use their own PCT).
@@ -60,5 +67,5 @@ bench-compare: $(STAMP)
 MUTATION_JOBS ?= 2
 MUTATION_ONLY ?=
 mutation: $(STAMP)
-	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[mutation]'
+	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/python -m pip install -q -c constraints.txt -e '.[mutation]'
 	$(BIN)/python scripts/mutation.py --jobs $(MUTATION_JOBS) $(foreach s,$(MUTATION_ONLY),--only $(s))

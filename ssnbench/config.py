@@ -120,6 +120,8 @@ class Suite:
     eval: EvalSpec = EvalSpec()
     checkpoint: bool = True  # write <out>/<job>.safetensors + .checkpoint.json (ssnbench predict)
     margin: float = 0.01  # `stats.margin`: non-inferiority margin of the Claims section (fraction)
+    overrides: tuple[str, ...] = ()  # `--set KEY.PATH=VALUE` applied on top of the file (recorded)
+    only_models: tuple[str, ...] | None = None  # `--models a,b`: the models kept (None: all)
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
@@ -388,6 +390,19 @@ def _eval(ctx: _Ctx, raw: Any) -> EvalSpec:
     return EvalSpec(tta=None if tta == "none" else tta)
 
 
+def _select_models(ctx: _Ctx, models: Any, names: tuple[str, ...] | list[str]) -> list:
+    if not isinstance(models, list):
+        raise ctx.fail("models", f"expected a non-empty list of models, got {typename(models)}")
+    known = [m.get("name") for m in models if isinstance(m, dict)]
+    for name in names:
+        if name not in known:
+            raise ConfigError(
+                f"--models: no model named {name!r} in {ctx.file}{suggest(name, known)} "
+                f"(models: {', '.join(str(k) for k in known)})"
+            )
+    return [m for m in models if isinstance(m, dict) and m.get("name") in set(names)]
+
+
 def _merge(base: dict, over: dict) -> dict:
     """Deep merge for model_defaults: nested mappings (options) merge, everything else replaces."""
     out = dict(base)
@@ -501,14 +516,70 @@ def _strip_prefix(message: str, options: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def load(path: str | os.PathLike, check_models: bool = True, check_data: bool = True) -> Suite:
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.epochs=1` -> (["train", "epochs"], 1): the value is read as YAML (numbers, booleans,
+    null, lists, mappings), exactly as it would be in the suite file."""
+    key, sep, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not key.strip() or any(not p.strip() for p in parts):
+        raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. train.epochs=1")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML") from None
+    return [p.strip() for p in parts], parsed
+
+
+def _apply_override(ctx: _Ctx, raw: dict, text: str) -> None:
+    """Set one `--set` value in the raw suite mapping (before validation, so it is checked exactly
+    like the file). Under `models`, a segment is a model name or `*` (every model)."""
+    parts, value = parse_override(text)
+
+    def walk(node: Any, i: int, where: str) -> None:
+        key = parts[i]
+        last = i == len(parts) - 1
+        if isinstance(node, list):  # the models list
+            names = [m.get("name") for m in node if isinstance(m, dict)]
+            targets = [m for m in node if isinstance(m, dict) and (key == "*" or m.get("name") == key)]
+            if not targets:
+                raise ConfigError(
+                    f"--set {text}: no model named {key!r} in {ctx.file}{suggest(key, names)} "
+                    f"(use models.<name>.<key> or models.*.<key>)"
+                )
+            if last:
+                raise ConfigError(f"--set {text}: give a key under the model, e.g. models.{key}.options.X")
+            for m in targets:
+                walk(m, i + 1, _join(where, key))
+            return
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {text}: {where or 'the suite'} is not a mapping")
+        if last:
+            node[key] = value
+            return
+        if node.get(key) is None:
+            node[key] = {}
+        walk(node[key], i + 1, _join(where, key))
+
+    walk(raw, 0, "")
+
+
+def load(
+    path: str | os.PathLike,
+    check_models: bool = True,
+    check_data: bool = True,
+    overrides: tuple[str, ...] | list[str] = (),
+    only_models: tuple[str, ...] | list[str] | None = None,
+) -> Suite:
     """Read and validate a suite file. `check_models` builds each model once (registry validation);
-    `check_data` requires a derm7pt root to exist (the runner validates its contents)."""
+    `check_data` requires a derm7pt root to exist (the runner validates its contents).
+
+    `overrides` (`--set KEY.PATH=VALUE`) change the raw YAML before validation; `only_models`
+    (`--models a,b`) keeps those models, in the suite's order, before they are validated."""
     file = str(path)
     p = Path(path)
     raw = read_yaml(p)
     try:
-        return _load(p, raw, check_models, check_data)
+        return _load(p, raw, check_models, check_data, overrides, only_models)
     except RecursionError:
         raise ConfigError(f"{file}: a YAML alias refers to the mapping or list it is in") from None
 
@@ -584,10 +655,25 @@ def read_yaml(p: Path) -> Any:
     return raw
 
 
-def _load(p: Path, raw: Any, check_models: bool, check_data: bool) -> Suite:
+def _load(
+    p: Path,
+    raw: Any,
+    check_models: bool,
+    check_data: bool,
+    overrides: tuple[str, ...] | list[str] = (),
+    only_models: tuple[str, ...] | list[str] | None = None,
+) -> Suite:
     file = str(p)
     ctx = _Ctx(file)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: expected a mapping at the top level, got {typename(raw)}")
+    for text in overrides:
+        _apply_override(ctx, raw, text)
     _mapping(ctx, "", raw, _TOP_KEYS, required=("dataset", "models"))
+    if only_models is not None:
+        raw["models"] = _select_models(ctx, raw.get("models"), only_models)
+        if raw.get("reference") not in [m.get("name") for m in raw["models"]]:
+            raw.pop("reference", None)  # the reference was left out: the default (first SSN) applies
     raw = _interpolate(ctx, "", raw, lenient_data=not check_data)
 
     name = _str(ctx, "name", raw.get("name", p.stem))
@@ -656,4 +742,6 @@ def _load(p: Path, raw: Any, check_models: bool, check_data: bool) -> Suite:
         eval=eval_spec,
         checkpoint=checkpoint,
         margin=margin,
+        overrides=tuple(overrides),
+        only_models=None if only_models is None else tuple(only_models),
     )

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ssnbench import runner as runner_mod
-from ssnbench.config import Suite
+from ssnbench.config import ModelSpec, Suite
 from ssnbench.env import environment, pick_device
 from ssnbench.errors import UserError
 from ssnbench.launch import claims
@@ -43,6 +43,11 @@ class RunOptions:
     since: float = 0.0  # driver start (epoch s): a result written after it came from a concurrent run
     launcher: str = "local"
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this job's claim token
+    # How the driver loaded the suite (`run --set`, `--seeds`, `--models`): a worker re-loads the
+    # suite file with the same ones, so every launcher trains exactly the jobs the driver planned.
+    overrides: tuple[str, ...] = ()
+    only_models: tuple[str, ...] | None = None
+    tensorboard: str | None = None  # `run --tensorboard DIR` (absolute: workers have their own cwd)
 
 
 @dataclass
@@ -95,19 +100,24 @@ class Context:
     def __init__(self, suite: Suite, out: Path, device_name: str | None) -> None:
         self.suite, self.out = suite, Path(out)
         self.device = pick_device(device_name)
-        self.data: runner_mod.Data | None = None
+        self.data: dict[str, runner_mod.Data] = {}  # by resize interpolation (usually one)
         self.env: dict[str, Any] | None = None
         self.profiles: dict[str, dict] = {}
 
-    def open(self, progress: Progress) -> runner_mod.Data:
-        if self.data is None:
-            self.data = runner_mod.open_data(self.suite.dataset, progress)
+    def open(self, progress: Progress, model: ModelSpec | None = None) -> runner_mod.Data:
+        """The datasets resized with `model`'s timm interpolation (opened once per interpolation)."""
+        dc = runner_mod.model_data_config(model) if model is not None else {}
+        interpolation = str(dc.get("interpolation") or "bicubic")
+        if interpolation not in self.data:
+            data = runner_mod.open_data(self.suite.dataset, progress, interpolation=interpolation)
+            self.data[interpolation] = data
             progress.log(
-                f"dataset {self.data.info['kind']}: splits {self.data.info['splits']}, "
-                f"{self.suite.dataset.image_size}px, border crop {self.suite.dataset.border_crop}px"
+                f"dataset {data.info['kind']}: splits {data.info['splits']}, "
+                f"{self.suite.dataset.image_size}px ({interpolation}), "
+                f"border crop {self.suite.dataset.border_crop}px"
             )
-            self.env = environment(self.device).to_dict()
-        return self.data
+            self.env = self.env or environment(self.device).to_dict()
+        return self.data[interpolation]
 
     def reuse_profiles(self, records: list[dict], force: bool) -> None:
         """A profile measured earlier on this device type is reused (one per model, not per seed)."""
@@ -150,7 +160,7 @@ def execute(
         job_suite = replace(suite, train=replace(suite.train, threads=threads, num_workers=workers))
         try:
             with claims.Heartbeat(out, [job.id]) as beat:
-                data = ctx.open(progress)
+                data = ctx.open(progress, job.model)
                 profile = ctx.profiles.get(job.model.name)
                 record = runner_mod.run_job(
                     job_suite,
@@ -161,6 +171,7 @@ def execute(
                     profile=profile,
                     progress=progress,
                     out=out,
+                    tensorboard=Path(opts.tensorboard) if opts.tensorboard else None,
                 )
         finally:
             torch.set_num_threads(threads_before)
@@ -275,7 +286,7 @@ def _worker(suite_file: str, job_id: str, out: str, opts: RunOptions, redirect: 
         os.dup2(fh.fileno(), 1)
         os.dup2(fh.fileno(), 2)
         sys.stdout = sys.stderr = fh
-    suite = config_mod.load(suite_file)
+    suite = config_mod.load(suite_file, overrides=opts.overrides, only_models=opts.only_models)
     job = find_job(suite, job_id)
     ctx = Context(suite, Path(out), opts.device)
     existing = [
@@ -294,8 +305,10 @@ def _worker(suite_file: str, job_id: str, out: str, opts: RunOptions, redirect: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ssnbench.job SUITE JOB_ID OUT [--device cpu|cuda] [--cpus-per-run N]`: run one job
-    of a suite here (for schedulers other than Ray and SLURM)."""
+    """`python -m ssnbench.job SUITE JOB_ID OUT [--device cpu|cuda|cuda:N] [--cpus-per-run N]
+    [--set KEY.PATH=VALUE ...] [--models A,B] [--tensorboard DIR]`: run one job of a suite here (for
+    schedulers other than Ray and SLURM), with the same suite options as the `ssnbench run` that
+    planned it."""
     import argparse  # noqa: PLC0415
     import time  # noqa: PLC0415
 
@@ -303,10 +316,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite")
     parser.add_argument("job_id")
     parser.add_argument("out")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--cpus-per-run", type=int, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    parser.add_argument("--models", default=None, metavar="A,B")
+    parser.add_argument("--tensorboard", default=None, metavar="DIR")
     args = parser.parse_args(argv)
-    opts = RunOptions(device=args.device, cpus_per_run=args.cpus_per_run, since=time.time(), launcher="job")
+    models = None if args.models is None else tuple(m.strip() for m in args.models.split(",") if m.strip())
+    opts = RunOptions(
+        device=args.device,
+        cpus_per_run=args.cpus_per_run,
+        since=time.time(),
+        launcher="job",
+        overrides=tuple(args.overrides),
+        only_models=models,
+        tensorboard=str(Path(args.tensorboard).resolve()) if args.tensorboard else None,
+    )
     try:
         outcome = _worker(args.suite, args.job_id, args.out, opts, redirect=False)
     except UserError as err:

@@ -227,6 +227,34 @@ def available_memory() -> int | None:
 # Models
 
 
+def weights_plan(suite: Suite, jobs: list[Any]) -> list[dict[str, Any]]:
+    """What each model of `jobs` will load (tag, source, file): its pretrained weights must be in
+    the Hugging Face cache, downloadable, or a local file, else one `UserError` line naming the
+    model, the weights tag, the cache folder and the local-file alternative (models/weights.py owns
+    the rules and the message). Also used by `run --dry-run`."""
+    from ssnbench.models.registry import arch_options  # noqa: PLC0415
+    from ssnbench.models.weights import check_weights as can_load  # noqa: PLC0415
+
+    found, seen = [], set()
+    for job in jobs:
+        spec = job.model
+        if spec.name in seen:
+            continue
+        seen.add(spec.name)
+        defaults = arch_options(spec.arch)
+        pretrained = spec.options.get("pretrained", defaults.get("pretrained", False))
+        backbone = spec.options.get("backbone", defaults.get("backbone"))
+        where = f"{suite.path}: models[{job.model_index}] ({spec.name})"
+        found.append({"model": spec.name, **can_load(where, str(backbone), pretrained)})
+    return found
+
+
+@check("weights")
+def check_weights(flight: Flight) -> None:
+    """Every model still to run can get its pretrained weights (before any job trains)."""
+    weights_plan(flight.suite, flight.jobs)
+
+
 @check("models")
 def check_models(flight: Flight) -> None:
     """Every model builds and runs one forward pass at the suite's input size, on the meta device

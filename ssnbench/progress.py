@@ -35,13 +35,20 @@ class Progress:
         self.log(f"job {index}/{total} {job}: training {epochs} epochs")
 
     def epoch_end(self, job: str, row: dict[str, float], epochs: int) -> None:
+        done = int(row["epoch"])
         self.log(
-            f"  {job} epoch {int(row['epoch'])}/{epochs} train_loss {row['train_loss']:.4f} "
-            f"valid_acc_avg {row['valid_acc_avg']:.4f} ({row['seconds']:.1f}s)"
+            f"  {job} epoch {done}/{epochs} train_loss {row['train_loss']:.4f} "
+            f"valid_acc_avg {row['valid_acc_avg']:.4f} ({row['seconds']:.1f}s, "
+            f"job ETA {_eta(row['seconds'] * (epochs - done))})"
         )
 
     def job_end(self, job: str, status: str, detail: str) -> None:
         self.log(f"job {job}: {status} {detail}")
+
+
+def _eta(seconds: float) -> str:
+    s = max(0, int(round(seconds)))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class RichProgress(Progress):
@@ -55,6 +62,7 @@ class RichProgress(Progress):
             MofNCompleteColumn,
             TextColumn,
             TimeElapsedColumn,
+            TimeRemainingColumn,
         )
         from rich.progress import Progress as Bars
 
@@ -65,6 +73,8 @@ class RichProgress(Progress):
             MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
             console=self.console,
         )
         self.suite_task: Any = None

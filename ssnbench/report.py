@@ -298,6 +298,7 @@ def summarize(records: list[dict]) -> dict[str, Any]:
         "dataset": latest.get("dataset"),
         "train": latest.get("train"),
         "eval": latest.get("eval"),
+        "overrides": sorted({o for r in records for o in (r.get("overrides") or [])}),
         "environment": latest.get("environment"),
         "commits": commits,
         "devices": devices,
@@ -519,6 +520,10 @@ def _setup(summary: dict[str, Any], figures: dict[str, str]) -> str:
             ),
         ],
         ["seeds", ", ".join(str(s) for s in sorted({r["seed"] for r in summary["runs"]}))],
+        [
+            "command-line overrides",
+            ", ".join(f"`--set {o}`" for o in summary.get("overrides") or []) or "none",
+        ],
         [
             "compute",
             f"{summary.get('job_seconds', 0) / 60:.1f} min over {len(summary['runs'])} runs "

@@ -95,6 +95,7 @@ class ResultRecord:
     train: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)  # evaluation settings (e.g. test-time augmentation)
     stats: dict[str, Any] | None = None  # the suite's statistics settings (stats.margin)
+    overrides: list[str] = field(default_factory=list)  # `run --set KEY.PATH=VALUE` applied to the suite
     dataset: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)  # env.Environment.to_dict()
     started_at: str | None = None
@@ -113,6 +114,9 @@ class ResultRecord:
     profile: dict[str, Any] | None = None
     checkpoint: dict[str, Any] | None = None  # {weights, meta, sha256}: files next to the result
     placement: dict[str, Any] | None = None  # where the job ran: ssnbench.job.placement (docs/scale.md)
+    weights: dict[str, Any] | None = None  # backbone weights loaded: {tag, source, file, sha256}
+    data_config: dict[str, Any] | None = None  # how images reach the model (timm data config, ...)
+    optimizer: dict[str, Any] | None = None  # parameter groups (timm create_optimizer_v2)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

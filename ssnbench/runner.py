@@ -43,6 +43,7 @@ from ssnbench.results import (
     pack_probs,
     read_result,
 )
+from ssnbench.tracking import EpochLog, check_tensorboard
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,9 @@ def result_path(out: Path, job: Job) -> Path:
     return out / f"{job.id}.json"
 
 
-JOB_FILE_SUFFIXES = (".json", ".safetensors", ".checkpoint.json")
-"""The files one job writes into the results folder (record, checkpoint weights and their JSON)."""
+JOB_FILE_SUFFIXES = (".json", ".safetensors", ".checkpoint.json", ".history.csv")
+"""The files one job writes into the results folder (record, checkpoint weights and their JSON,
+per-epoch history: tracking.history_path)."""
 
 
 def keep_aside(out: Path, job: Job, when: datetime | None = None) -> list[tuple[Path, Path]]:
@@ -204,9 +206,15 @@ class Data:
     info: dict[str, Any]
 
 
-def open_data(spec: DatasetSpec, progress: Progress | None = None, cache: Path | None = None) -> Data:
-    """Load (generating if synthetic) the release once per suite; every job reuses the datasets."""
-    from ssnbench.data.derm7pt import load_release, make_datasets
+def open_data(
+    spec: DatasetSpec,
+    progress: Progress | None = None,
+    cache: Path | None = None,
+    interpolation: str = "bicubic",
+) -> Data:
+    """Load (generating if synthetic) the release once per suite and resize interpolation (the
+    backbones' timm data config); every job reuses the datasets and sets their normalisation."""
+    from ssnbench.data.derm7pt import load_release, make_datasets  # noqa: PLC0415
 
     if spec.kind == "synthetic":
         t0 = time.perf_counter()
@@ -223,6 +231,7 @@ def open_data(spec: DatasetSpec, progress: Progress | None = None, cache: Path |
         augment=spec.augment,
         drop_no_clinic=spec.drop_no_clinic,
         cache=True,
+        interpolation=interpolation,
     )
     train_labels = np.asarray(datasets["train"].labels, dtype=np.int64)
     test_labels = np.asarray(datasets["test"].labels, dtype=np.int64)
@@ -233,6 +242,7 @@ def open_data(spec: DatasetSpec, progress: Progress | None = None, cache: Path |
         "image_size": spec.image_size,
         "border_crop": spec.border_crop,
         "drop_no_clinic": spec.drop_no_clinic,
+        "interpolation": interpolation,
         "no_clinic_rows": list(getattr(release, "no_clinic_rows", []) or []),
         "majority": majority_baseline(train_labels, test_labels),
     }
@@ -284,10 +294,11 @@ def profile_model(spec: ModelSpec, suite: Suite, device: torch.device) -> dict[s
 
     On a freshly built model so the measurement never disturbs a seeded training run.
     """
-    from ssnbench import profiling
-    from ssnbench.models.registry import build_model
+    from ssnbench import profiling  # noqa: PLC0415
+    from ssnbench.checkpoint import rebuild_options  # noqa: PLC0415
+    from ssnbench.models.registry import build_model  # noqa: PLC0415
 
-    model = build_model(spec.arch, **spec.options)
+    model = build_model(spec.arch, **rebuild_options(spec.to_dict()))  # shapes only: no weights needed
     size = suite.dataset.image_size
     cuda = device.type == "cuda"
     amp, cl = suite.train.amp and cuda, suite.train.channels_last and cuda
@@ -325,14 +336,16 @@ def run_job(
     profile: dict[str, Any] | None,
     progress: Progress,
     out: Path | None = None,
+    tensorboard: Path | None = None,
 ) -> dict[str, Any]:
     """Train/evaluate one (model, seed) and return its result record as written to its file (never
     raises for a model's failure: the error is recorded; KeyboardInterrupt propagates). With `out`,
     the chosen weights are saved there as a checkpoint (unless the suite says `checkpoint: false`)."""
     # imported here, not at the top: tests replace these functions on their modules
     from ssnbench.losses import MultiHeadLoss, class_weights_from_labels, describe_combination
+    from ssnbench.models.backbone import backbone_weights
     from ssnbench.models.registry import build_model
-    from ssnbench.train import fit, seed_everything
+    from ssnbench.train import fit, optimizer_summary, seed_everything
 
     record = ResultRecord(
         suite=suite.name,
@@ -348,14 +361,25 @@ def run_job(
         status="running",
         train=asdict(suite.train),
         eval=asdict(suite.eval),
+        overrides=list(suite.overrides),
         dataset=data.info,
         environment=env,
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     t0 = time.perf_counter()
+    epoch_log = None
     try:
+        epoch_log = EpochLog(out, job.id, suite.name, tensorboard)
+
+        def on_epoch(row: dict[str, float]) -> None:
+            epoch_log(row)
+            progress.epoch_end(job.id, row, suite.train.epochs)
+
         seed_everything(job.seed)
         model = build_model(job.model.arch, **job.model.options).to(device)
+        record.weights = backbone_weights(model)
+        record.data_config = apply_data_config(model, suite, data)
+        record.optimizer = optimizer_summary(model, suite.train)
         heads = heads_of(model, suite.dataset.image_size)
         loss_w, infer_w, scheme = resolve_weights(job.model, heads)
         record.heads = heads
@@ -376,7 +400,7 @@ def run_job(
             infer_w,
             device,
             job.seed,
-            on_epoch=lambda row: progress.epoch_end(job.id, row, suite.train.epochs),
+            on_epoch=on_epoch,
             tta=suite.eval.tta,
         )
         test = result.test
@@ -417,23 +441,47 @@ def run_job(
         )
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    finally:
+        if epoch_log is not None:
+            epoch_log.close()
     record.timings["total_seconds"] = time.perf_counter() - t0
     record.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return record.to_dict()
 
 
-def data_config(suite: Suite) -> dict[str, Any]:
-    """How images reach the model: what a checkpoint needs to be applied to new images as in its run."""
-    from ssnbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+def model_data_config(spec: ModelSpec) -> dict[str, Any]:
+    """The backbone's timm data config (mean, std, interpolation) without building weights: the model
+    is built on the meta device (as suite validation does)."""
+    from ssnbench.checkpoint import rebuild_options  # noqa: PLC0415
+    from ssnbench.models.backbone import backbone_data_config  # noqa: PLC0415
+    from ssnbench.models.registry import build_model  # noqa: PLC0415
 
-    spec = suite.dataset
+    with torch.device("meta"):
+        return backbone_data_config(build_model(spec.arch, **rebuild_options(spec.to_dict())))
+
+
+def apply_data_config(model: torch.nn.Module, suite: Suite, data: Data) -> dict[str, Any]:
+    """Set the datasets' normalisation to the model's timm data config; returns what images go
+    through (recorded in the result and the checkpoint)."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    from ssnbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: PLC0415
+    from ssnbench.models.backbone import backbone_data_config  # noqa: PLC0415
+
+    dc = backbone_data_config(model)
+    mean = tuple(float(x) for x in dc.get("mean", IMAGENET_MEAN))
+    std = tuple(float(x) for x in dc.get("std", IMAGENET_STD))
+    for ds in data.datasets.values():
+        ds.transform = replace(ds.transform, mean=mean, std=std)
     return {
-        "image_size": spec.image_size,
-        "border_crop": spec.border_crop,
-        "drop_no_clinic": spec.drop_no_clinic,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "interpolation": "bilinear",
+        "source": "timm.data.resolve_model_data_config",
+        "image_size": suite.dataset.image_size,
+        "border_crop": suite.dataset.border_crop,
+        "drop_no_clinic": suite.dataset.drop_no_clinic,
+        "mean": list(mean),
+        "std": list(std),
+        "interpolation": data.info.get("interpolation", "bicubic"),
+        "model_interpolation": dc.get("interpolation"),
         "eval_batch_size": suite.train.eval_batch_size or 2 * suite.train.batch_size,
         "amp": suite.train.amp,  # CUDA only, as in training
         "channels_last": suite.train.channels_last,
@@ -463,7 +511,7 @@ def write_checkpoint(
             "inference_scheme": record["inference_scheme"],
             "labels": list(LABELS),
             "classes": {k: list(v) for k, v in CLASSES.items()},
-            "data": data_config(suite),
+            "data": record["data_config"],
             "dataset": {k: record["dataset"].get(k) for k in ("kind", "root", "splits")},
             "metrics": {"test": record["metrics"], "valid": record["valid_metrics"]},
             "best_epoch": record["best_epoch"],
@@ -475,6 +523,26 @@ def write_checkpoint(
 
 # ---------------------------------------------------------------------------------------------
 # The suite
+
+
+def triage(
+    suite: Suite, out: Path, force: bool = False
+) -> tuple[list[Job], list[Job], dict[str, dict], dict[str, str]]:
+    """(every job, the jobs to run, earlier records by job id, why each re-run job replaces the
+    file at its path) from `previous_result`; `run` and `run --dry-run` decide the same way."""
+    jobs = plan(suite)
+    todo: list[Job] = []
+    existing: dict[str, dict] = {}
+    replacing: dict[str, str] = {}
+    for job in jobs:
+        prev, why = previous_result(suite, job, out, force)
+        if prev is not None:
+            existing[job.id] = prev
+        if prev is None or why is not None:
+            todo.append(job)
+        if why is not None:
+            replacing[job.id] = why
+    return jobs, todo, existing, replacing
 
 
 def run_suite(
@@ -489,6 +557,7 @@ def run_suite(
     *,
     preflight: bool = True,
     labels: tuple[str, str] = ("--out", "--report-dir"),
+    tensorboard: Path | None = None,
 ) -> int:
     """Run every unfinished job through `launcher` (default: the local loop), then write the
     report. Returns 0, or 1 when some job failed. `device` is a name ("cpu", "cuda", None) for
@@ -498,18 +567,9 @@ def run_suite(
     anything is written. `labels` name the results and report folders in its messages.
     """
     progress = progress or Progress()
-    jobs = plan(suite)
-    todo: list[Job] = []
-    existing: dict[str, dict] = {}
-    replacing: dict[str, str] = {}
-    for job in jobs:
-        prev, why = previous_result(suite, job, out, force)
-        if prev is not None:
-            existing[job.id] = prev
-        if prev is None or why is not None:
-            todo.append(job)
-        if why is not None:
-            replacing[job.id] = why
+    if tensorboard is not None:
+        check_tensorboard()
+    jobs, todo, existing, replacing = triage(suite, out, force)
 
     if preflight:
         from ssnbench.preflight import Flight, run_preflight
@@ -543,6 +603,7 @@ def run_suite(
             launcher=launcher,
             cpus_per_run=cpus_per_run,
             replacing=replacing,
+            tensorboard=tensorboard,
         )
     finally:
         torch.set_num_threads(threads_before)  # the process (a test session) keeps its setting
@@ -562,6 +623,7 @@ def _run(
     launcher: Any,
     cpus_per_run: int | None,
     replacing: dict[str, str] | None = None,
+    tensorboard: Path | None = None,
 ) -> int:
     """The suite proper (jobs already split into done and to-do by `run_suite`): skip the jobs a
     live run has claimed, hand the rest to the launcher, then report on every result file."""
@@ -590,7 +652,14 @@ def _run(
         if todo:
             dev = None if device is None else str(device)
             opts = RunOptions(
-                device=dev, cpus_per_run=cpus_per_run, force=force, since=time.time(), launcher=launcher.name
+                device=dev,
+                cpus_per_run=cpus_per_run,
+                force=force,
+                since=time.time(),
+                launcher=launcher.name,
+                overrides=suite.overrides,  # a worker re-loads the suite file: same --set, same --models
+                only_models=suite.only_models,
+                tensorboard=None if tensorboard is None else str(Path(tensorboard).resolve()),
             )
             outcomes = launcher.run(LaunchPlan(suite, suite.path, todo, out, opts), progress)
         skipped = [o for o in outcomes if o.status == "skipped"]  # each said so as it ended
@@ -621,14 +690,31 @@ def _run(
 def cli_run(args: Any) -> int:
     from ssnbench import launch  # noqa: PLC0415
 
+    seeds = getattr(args, "seeds", None)
+    overrides = list(getattr(args, "overrides", None) or [])
+    if seeds is not None:
+        overrides.append(f"seeds={list(seeds)}")
+    where = getattr(args, "launcher", "local")
+    if where != "local" and args.device not in (None, "cpu", "cuda"):
+        # the driver does not touch CUDA, so only the name is checked here; an index would pick a
+        # GPU of the worker's own node, where the scheduler already chose (CUDA_VISIBLE_DEVICES)
+        raise UserError(
+            f"--device {args.device}: with --launcher {where} use cpu or cuda (each worker gets "
+            "its GPUs from the scheduler; cuda:N picks a GPU of this machine with --launcher local)"
+        )
     launcher = launch.from_args(args)
-    suite = config_mod.load(args.suite)
+    suite = config_mod.load(args.suite, overrides=overrides, only_models=getattr(args, "models", None))
     out = Path(args.out) if args.out else Path("results") / suite.name
     report_dir = Path(args.report_dir) if getattr(args, "report_dir", None) else Path("reports") / suite.name
     labels = (
         "--out" if args.out else "results folder",
         "--report-dir" if getattr(args, "report_dir", None) else "report folder",
     )
+    if getattr(args, "dry_run", False):
+        from ssnbench.dryrun import print_plan  # noqa: PLC0415
+
+        return print_plan(suite, out, pick_device(args.device), force=args.force)
+    tensorboard = Path(args.tensorboard) if getattr(args, "tensorboard", None) else None
     # Only the local launcher trains here; the others' workers pick their device (and the driver
     # never initialises CUDA).
     device = pick_device(args.device) if launcher.name == "local" else args.device
@@ -637,7 +723,7 @@ def cli_run(args: Any) -> int:
     progress = make_progress()
     code = run_suite(
         suite, out, report_dir, device, force=args.force, progress=progress, launcher=launcher,
-        cpus_per_run=cpus, labels=labels,
+        cpus_per_run=cpus, labels=labels, tensorboard=tensorboard,
     )
     progress.log(f"suite {suite.name} finished in {time.perf_counter() - t0:.0f}s; results in {out}")
     sys.stdout.flush()

@@ -203,6 +203,33 @@ def _check_outputs(pred: Predictions, where: str) -> None:
         )
 
 
+def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
+    """AdamW through timm's optimizer factory: its parameter groups exclude norms, biases, gates and
+    whatever `model.no_weight_decay()` names (position embeddings, class tokens, Swin's relative
+    position tables) from weight decay, as timm's own training recipes do."""
+    from timm.optim import create_optimizer_v2  # noqa: PLC0415
+
+    return create_optimizer_v2(model, "adamw", lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def optimizer_summary(model: nn.Module, spec: TrainSpec) -> dict[str, Any]:
+    """What a result file records about the parameter groups (how many tensors decay, which do not
+    because timm's `no_weight_decay()` names them)."""
+    optimizer = make_optimizer(model, spec)
+    groups = [
+        {"weight_decay": g["weight_decay"], "tensors": len(g["params"]),
+         "params": int(sum(p.numel() for p in g["params"]))}
+        for g in optimizer.param_groups
+    ]
+    named = sorted(getattr(model, "no_weight_decay", set)())
+    return {
+        "name": "adamw (timm.optim.create_optimizer_v2)",
+        "lr": spec.lr,
+        "groups": groups,
+        "no_weight_decay_named": named,
+    }
+
+
 def fit(
     model: nn.Module,
     datasets: dict[str, Dataset],
@@ -236,12 +263,7 @@ def fit(
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]  # norms, biases, gates
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=spec.lr,
-    )
+    optimizer = make_optimizer(model, spec)
     steps_per_epoch = max(1, len(train_loader))
     total_steps = steps_per_epoch * spec.epochs
     warmup = int(round(spec.warmup_epochs * steps_per_epoch))

@@ -52,6 +52,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
 def test_run_writes_a_checkpoint_that_reproduces_the_test_accuracies(run) -> None:
     out, root, record = run
     assert record["checkpoint"]["weights"] == "ssn__seed0.safetensors"
+    # timm's conventions, recorded: data config of the backbone, weights, parameter groups
+    assert record["data_config"]["interpolation"] == "bicubic" and len(record["data_config"]["mean"]) == 3
+    assert record["weights"]["tag"] is None and record["weights"]["source"] == "random init"
+    assert {g["weight_decay"] for g in record["optimizer"]["groups"]} == {0.0, 0.05}
     model, meta = load_checkpoint(out / "ssn__seed0.safetensors")
     assert not model.training and meta["labels"] == list(LABELS) and meta["model"]["arch"] == "ssn"
     assert meta["data"]["image_size"] == 32 and meta["data"]["eval_batch_size"] == 7

@@ -35,6 +35,18 @@ models:
 """
 JOBS = ["single-derm__seed0", "single-derm__seed1", "single-derm__seed2"]
 DIES = "single-derm__seed2"
+OVERRIDES = ["train.lr=0.002", "model_defaults.options.drop_path_rate=0.05"]
+
+
+def _overrides_applied(out: Path, recs: dict[str, dict]) -> None:
+    """The jobs that ran in workers trained with the driver's `--set` values and recorded them, and
+    wrote their per-epoch history next to their result."""
+    ok = [j for j in JOBS if recs[j]["status"] == "ok"]
+    assert ok
+    for j in ok:
+        assert recs[j]["train"]["lr"] == 0.002 and recs[j]["overrides"] == OVERRIDES
+        assert recs[j]["model"]["options"]["drop_path_rate"] == 0.05
+        assert (out / f"{j}.history.csv").read_text().startswith("epoch,")
 
 
 def dying_entry(suite_file: str, job_id: str, out: str, opts: job_mod.RunOptions):
@@ -112,11 +124,12 @@ def test_ray_runs_a_suite_with_a_dying_worker(suite_file: Path, tmp_path: Path) 
         entry=dying_entry,
         init_kwargs={"num_cpus": 2, "num_gpus": 2, "object_store_memory": 80 * 2**20},
     )
-    code = run_suite(
-        load(suite_file), out, rep, "cpu", progress=Progress(), launcher=launcher, cpus_per_run=1
-    )
+    # `run --set/--models` reach the workers, which re-load the suite file (RunOptions carries them)
+    suite = load(suite_file, overrides=OVERRIDES, only_models=["single-derm"])
+    code = run_suite(suite, out, rep, "cpu", progress=Progress(), launcher=launcher, cpus_per_run=1)
     assert code == 1
     recs = _records(out)
+    _overrides_applied(out, recs)
     assert sorted(recs) == JOBS
     assert [recs[j]["status"] for j in JOBS] == ["ok", "ok", "failed"]
     lost = recs[DIES]["error"]
@@ -196,7 +209,7 @@ def test_submitit_local_no_wait_then_reattach(suite_file: Path, tmp_path: Path) 
 
     _by_value()
     out, rep = tmp_path / "results", tmp_path / "report"
-    suite = load(suite_file)
+    suite = load(suite_file, overrides=OVERRIDES)
 
     def launcher(no_wait: bool) -> SlurmLauncher:
         return SlurmLauncher(cluster="local", no_wait=no_wait, timeout_min=5, entry=dying_entry_captured)
@@ -211,6 +224,7 @@ def test_submitit_local_no_wait_then_reattach(suite_file: Path, tmp_path: Path) 
     recs = _records(out)
     assert [recs[j]["status"] for j in JOBS] == ["ok", "ok", "failed"]
     assert all(recs[j]["placement"]["launcher"] == "slurm" for j in JOBS[:2])
+    _overrides_applied(out, recs)
     lost = recs[DIES]["error"]
     assert lost["type"] == "WorkerLost" and f"{ids[DIES]['id']}_0_log.err" in lost["message"]
     assert DIES in _failed_section(rep / "report.md")
@@ -312,3 +326,25 @@ def test_threads_follow_cpus_per_run(suite_file: Path) -> None:
     assert job_mod.threads_for(many, 2, "cuda") == (2, 2)  # loader workers capped by the CPUs
     default = replace(suite, train=replace(suite.train, num_workers=None))
     assert job_mod.threads_for(default, 4, "cuda") == (4, 4)
+
+
+def test_job_entry_point_takes_the_run_suite_options(suite_file: Path, tmp_path: Path, capsys) -> None:
+    """`python -m ssnbench.job` (other schedulers) re-loads the suite with the same --set/--models as
+    the `ssnbench run` that planned the job: a job that exists only through an override is found."""
+    out = tmp_path / "results"
+    args = [str(suite_file), "single-derm__seed7", str(out), "--device", "cpu"]
+    assert job_mod.main(args) == 2  # the suite file alone has no seed 7
+    assert "no job 'single-derm__seed7'" in capsys.readouterr().err
+    assert job_mod.main([*args, "--set", "seeds=[7]", *(f"--set={o}" for o in OVERRIDES)]) == 0
+    rec = read_result(out / "single-derm__seed7.json")
+    assert rec["seed"] == 7 and rec["overrides"] == ["seeds=[7]", *OVERRIDES]
+    assert rec["train"]["lr"] == 0.002 and rec["placement"]["launcher"] == "job"
+
+
+def test_device_index_is_for_the_local_launcher_only(suite_file: Path, tmp_path: Path, capsys) -> None:
+    from ssnbench import cli
+
+    args = ["run", str(suite_file), "--launcher", "slurm", "--device", "cuda:1", "--out", str(tmp_path)]
+    code = cli.main(args)
+    assert code == 2
+    assert "--device cuda:1: with --launcher slurm use cpu or cuda" in capsys.readouterr().err

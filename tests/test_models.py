@@ -214,7 +214,7 @@ def test_local_pretrained_weights(tmp_path):
         ("ssn", {"xattn_dim": "half"}, "xattn_dim"),
         ("ssn", {"xattn_dim": 0}, "xattn_dim"),
         ("ssn", {"xattn_stages": [2, -3]}, "listed twice"),
-        ("ssn", {"pretrained": True}, "never"),
+        ("ssn", {"pretrained": 3}, "pretrained: expected true, false or a weights file path"),
         ("single", {"modality": "both"}, "modality"),
         ("single", {"xattn": "shared"}, "xattn: unknown option"),
     ],

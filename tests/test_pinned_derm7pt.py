@@ -17,7 +17,7 @@ from PIL import Image
 from ssnbench.data.derm7pt import load_release, make_datasets
 from ssnbench.errors import DatasetError
 
-# Class order as the literature uses it (docs/derm7pt.md, "Class order used by most papers").
+# Class order as the literature uses it (docs/derm7pt.md, "The eight labels and the standard grouping").
 ORDER = {
     "DIAG": ["BCC", "NEV", "MEL", "MISC", "SK"],
     "PN": ["ABS", "TYP", "ATP"],

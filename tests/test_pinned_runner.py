@@ -127,7 +127,7 @@ def test_job_hash_ignores_what_does_not_change_a_result() -> None:
 def fake_jobs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     ran: list[str] = []
 
-    def run_job(suite, job, data, device, env, profile, progress, out=None) -> dict:
+    def run_job(suite, job, data, device, env, profile, progress, out=None, tensorboard=None) -> dict:
         ran.append(job.id)
         failing = job.model.options.get("drop_rate") == 0.5  # how the tests below mark a failing model
         return {
@@ -151,7 +151,9 @@ def fake_jobs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(
         runner,
         "open_data",
-        lambda spec, progress=None, cache=None: runner.Data({}, {"kind": "SYNTHETIC", "splits": {}}),
+        lambda spec, progress=None, cache=None, interpolation="bicubic": runner.Data(
+            {}, {"kind": "SYNTHETIC", "splits": {}}
+        ),
     )
     return ran
 

@@ -141,9 +141,11 @@ def test_ctrl_c_leaves_no_partial_file_and_exits_130(
     out = tmp_path / "results"
     code = cli.main(["run", str(suite_file), "--out", str(out), "--report-dir", str(tmp_path / "r")])
     assert code == 130
-    # the finished job's files kept (result and checkpoint), nothing of the interrupted one, no temp files
+    # the finished job's files kept (result, checkpoint, history), nothing of the interrupted one
+    # (stopped before its first epoch), no temp files
     assert sorted(p.name for p in out.iterdir()) == [
         "ssn__seed0.checkpoint.json",
+        "ssn__seed0.history.csv",
         "ssn__seed0.json",
         "ssn__seed0.safetensors",
     ]

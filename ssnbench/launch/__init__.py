@@ -116,7 +116,12 @@ def add_options(parser: Any) -> None:
         help="ray: join this cluster (default: start one on this machine, shut it down after)",
     )
     g.add_argument("--slurm-partition", default=None, help="slurm: partition to submit to")
-    g.add_argument("--slurm-timeout-min", type=_positive, default=60, help="slurm: time limit per job")
+    g.add_argument(
+        "--slurm-timeout-min",
+        type=_positive,
+        default=60,
+        help="slurm: time limit per job in minutes (default: 60)",
+    )
     g.add_argument(
         "--slurm-array-parallelism",
         type=_positive,

@@ -17,40 +17,47 @@ for [B, C, H, W] maps, `pool` (global average, or the ViT's own token pooling) a
 `reductions` per stage. `encode_pair` runs two images through (one or two) backbones in lock-step
 with optional blocks after chosen stages: it is the forward of every two-image model.
 
-Weights: `pretrained=False` (random init) or a local file (.safetensors / .pth / .pt / .bin, a raw
-state dict or a training checkpoint) loaded into the full timm model (the model's own checkpoint
-filter runs, so e.g. a ViT's position embedding is resized to `img_size`); the classifier is
-dropped and any other missing/unexpected key is an error. Nothing is ever downloaded.
+Weights (models/weights.py): `pretrained=False` (random init), `True` (timm's pretrained weights
+through the Hugging Face cache; `hf-hub:` names too) or a local file through timm's
+`pretrained_cfg_overlay=dict(file=...)`; the classifier is dropped and any other missing or
+unexpected key is an error. Each backbone keeps timm's data config (normalisation, interpolation),
+the weights record and the names timm excludes from weight decay.
 """
 
 from __future__ import annotations
 
 import difflib
-import logging
 import math
-import sys
 from collections import OrderedDict
 from collections.abc import Mapping
+from fnmatch import fnmatch
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
 from torch import Tensor, nn
 
 from ssnbench.errors import ConfigError
+from ssnbench.models.weights import create_timm_model, is_hub_name
 
 if TYPE_CHECKING:
     from ssnbench.models.block_graphs import BlockGraphs
 
-__all__ = ["KV_TOKEN_BUDGET", "StagedBackbone", "auto_kv_reduction", "create_backbone", "encode_pair"]
+__all__ = [
+    "KV_TOKEN_BUDGET",
+    "StagedBackbone",
+    "auto_kv_reduction",
+    "backbone_data_config",
+    "backbone_weights",
+    "create_backbone",
+    "encode_pair",
+    "no_weight_decay",
+]
 
 #: Default K/V token budget per image for cross-attention (28x28): `kv_reduction: auto` pools K/V
 #: of larger stages down to at most this many tokens (e.g. the stride-4 stage at 224 px: 3136 -> 784).
 KV_TOKEN_BUDGET = 784
-
-_logger = logging.getLogger(__name__)
-
 
 def _suggest(name: str) -> str:
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
@@ -58,70 +65,29 @@ def _suggest(name: str) -> str:
 
 
 def _check_backbone_name(name: object) -> str:
+    """A timm model name, optionally with a weights tag (`resnet50.a1_in1k`), or `hf-hub:<repo>`."""
     if not isinstance(name, str) or not name:
         raise ConfigError(f"backbone: expected a timm model name, got {name!r}")
-    if name.startswith(("hf-hub:", "hf_hub:", "timm/")):
-        raise ConfigError(
-            f"backbone: {name!r} would be downloaded; give a timm architecture name and a local file"
-        )
+    if is_hub_name(name):
+        if not name.split(":", 1)[1].strip():
+            raise ConfigError(f"backbone: {name!r} names no Hugging Face Hub repo (hf-hub:timm/<model>)")
+        return name
     if not timm.is_model(name):
         raise ConfigError(f"backbone: unknown timm model {name!r}{_suggest(name)}")
     return name
 
 
-def _resolve_pretrained(pretrained: object) -> Path | None:
-    if pretrained is None or pretrained is False:
-        return None
-    if pretrained is True:
-        raise ConfigError(
-            "pretrained: true would download weights, which ssnbench never does; "
-            "give the path of a local .safetensors/.pth file (or false)"
-        )
-    if not isinstance(pretrained, (str, Path)) or not str(pretrained):
-        raise ConfigError(f"pretrained: expected false or a path to a weights file, got {pretrained!r}")
-    path = Path(pretrained).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"pretrained: weights file {str(path)!r} does not exist")
-    return path
-
-
-def _load_weights(model: nn.Module, path: Path, name: str) -> None:
-    """Load a local checkpoint into the full timm model: strict except for the classifier."""
-    if any(p.is_meta for p in model.parameters()):
-        return  # validation build on the meta device: nothing to load into
-    from timm.models import load_state_dict
-
-    try:
-        state = load_state_dict(str(path), use_ema=False, weights_only=True)
-    except Exception as err:  # any unreadable file is the user's to fix
-        raise ConfigError(
-            f"pretrained: cannot read weights file {str(path)!r}: {type(err).__name__}: {err}"
-        ) from None
-    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        try:
-            state = filter_fn(state, model)
-        except Exception:  # filters expect the upstream layout; a timm-layout file needs none
-            _logger.debug("checkpoint filter of %s failed on %s; loading unfiltered", name, path)
-    classifiers = model.pretrained_cfg.get("classifier") or ()
-    if isinstance(classifiers, str):
-        classifiers = (classifiers,)
-    for cls in classifiers:
-        for key in [k for k in state if k == cls or k.startswith(cls + ".")]:
-            del state[key]
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatch
-        first = str(err).split("\n\t")[1] if "\n\t" in str(err) else str(err)
-        raise ConfigError(
-            f"pretrained: {str(path)!r} does not fit backbone {name!r}: {first.strip()}"
-        ) from None
-    if result.missing_keys or result.unexpected_keys:
-        missing, unexpected = result.missing_keys, result.unexpected_keys
-        raise ConfigError(
-            f"pretrained: {str(path)!r} does not fit backbone {name!r}: {len(missing)} missing keys "
-            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:2]})"
-        )
+def _no_weight_decay_params(model: nn.Module) -> set[int]:
+    """ids of the parameters timm's `model.no_weight_decay()` names (exact names or fnmatch patterns):
+    position embeddings, class tokens, Swin's relative position tables. Ids, because splitting the
+    model into stages renames every parameter."""
+    fn = getattr(model, "no_weight_decay", None)
+    if fn is None:
+        return set()
+    patterns = set(fn())
+    return {
+        id(p) for n, p in model.named_parameters() if n in patterns or any(fnmatch(n, q) for q in patterns)
+    }
 
 
 def _flatten_until(model: nn.Module, targets: list[str]) -> list[tuple[str, nn.Module]]:
@@ -154,14 +120,25 @@ class StagedBackbone(nn.Module):
     def __init__(self, name: str, model: nn.Module, vit_stages: int = 4) -> None:
         super().__init__()
         self.name = name
+        from timm.data import resolve_model_data_config
         from timm.models.vision_transformer import VisionTransformer
 
+        #: normalisation and interpolation the weights expect (timm's pretrained config)
+        self.data_config: dict[str, Any] = dict(resolve_model_data_config(model))
+        #: what weights were loaded (tag, source, file, sha256); see models/weights.py
+        self.weights: dict[str, Any] = dict(getattr(model, "ssnbench_weights", {"tag": None}))
+        no_wd = _no_weight_decay_params(model)
         if isinstance(model, VisionTransformer):
             self._init_vit(model, vit_stages)
         else:
             self._init_hierarchical(model)
         self.num_stages = len(self.channels)
         self.num_features = self.channels[-1]
+        self._no_weight_decay = frozenset(n for n, p in self.named_parameters() if id(p) in no_wd)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names (in this module) of the parameters timm excludes from weight decay."""
+        return set(self._no_weight_decay)
 
     # ----------------------------------------------------------------------------- construction
     def _init_hierarchical(self, model: nn.Module) -> None:
@@ -262,24 +239,62 @@ class StagedBackbone(nn.Module):
 
 
 def create_backbone(
-    name: str, pretrained: bool | str | Path | None = False, image_size: int = 224, vit_stages: int = 4
+    name: str,
+    pretrained: bool | str | Path | None = False,
+    image_size: int = 224,
+    vit_stages: int = 4,
+    drop_path_rate: float = 0.0,
+    backbone_kwargs: Mapping[str, Any] | None = None,
 ) -> StagedBackbone:
-    """Build timm model `name` (random init or local weights) and split it into stages.
+    """Build timm model `name` (random init, timm's pretrained weights or a local file; see
+    models/weights.py) and split it into stages.
 
-    `image_size` is passed to models with a fixed input size (ViT, Swin) as `img_size`.
-    Unknown names, missing files and unsplittable models raise ConfigError.
+    `image_size` is passed to models with a fixed input size (ViT, Swin) as `img_size`;
+    `drop_path_rate` (when > 0) and `backbone_kwargs` go to `timm.create_model` as they are.
+    Unknown names, missing files, options timm refuses and unsplittable models raise ConfigError.
     """
     name = _check_backbone_name(name)
-    path = _resolve_pretrained(pretrained)
+    if backbone_kwargs is not None and not isinstance(backbone_kwargs, Mapping):
+        raise ConfigError(f"backbone_kwargs: expected a mapping of timm options, got {backbone_kwargs!r}")
+    kwargs: dict[str, Any] = {"num_classes": 0, **dict(backbone_kwargs or {})}
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size)
-    except TypeError:  # CNNs take any input size and reject img_size
-        model = timm.create_model(name, pretrained=False, num_classes=0)
+        try:
+            model = create_timm_model(name, pretrained, img_size=image_size, **kwargs)
+        except TypeError as err:  # CNNs take any input size and reject img_size
+            if "img_size" not in str(err):
+                raise
+            model = create_timm_model(name, pretrained, **kwargs)
+    except TypeError as err:
+        extra = ", ".join(sorted(k for k in kwargs if k != "num_classes")) or "these options"
+        raise ConfigError(f"backbone_kwargs: timm model {name!r} does not accept {extra}: {err}") from None
     except (AssertionError, ValueError) as err:
         raise ConfigError(f"image_size: {image_size} does not suit backbone {name!r}: {err}") from None
-    if path is not None:
-        _load_weights(model, path, name)
     return StagedBackbone(name, model, vit_stages=vit_stages)
+
+
+def _backbones(model: nn.Module) -> list[tuple[str, StagedBackbone]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, StagedBackbone)]
+
+
+def no_weight_decay(model: nn.Module) -> set[str]:
+    """Full parameter names in `model` that timm's optimizer helpers should not decay (every
+    backbone's `no_weight_decay()`, prefixed); two-image models return this from their own
+    `no_weight_decay()`, which `timm.optim.create_optimizer_v2` reads."""
+    return {f"{prefix}.{n}" if prefix else n for prefix, b in _backbones(model) for n in b.no_weight_decay()}
+
+
+def backbone_data_config(model: nn.Module) -> dict[str, Any]:
+    """The first backbone's timm data config (mean, std, interpolation, ...), {} without a backbone."""
+    found = _backbones(model)
+    return dict(found[0][1].data_config) if found else {}
+
+
+def backbone_weights(model: nn.Module) -> dict[str, Any]:
+    """The first backbone's weights record (tag, source, file, sha256)."""
+    found = _backbones(model)
+    return dict(found[0][1].weights) if found else {"tag": None}
 
 
 def auto_kv_reduction(grid: tuple[int, int], budget: int = KV_TOKEN_BUDGET) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,8 @@ class DualEncoder(TwoImageModel):
         xattn_cuda_graph: bool = True,
         drop_rate: float = 0.0,
         vit_stages: int = 4,
+        drop_path_rate: float = 0.0,
+        backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         image_size = check_int("image_size", image_size, 8)
@@ -53,9 +56,14 @@ class DualEncoder(TwoImageModel):
         xattn_heads = check_int("xattn_heads", xattn_heads, 1)
         drop_rate = check_float("drop_rate", drop_rate, 0.0, 1.0, max_inclusive=False)
         vit_stages = check_int("vit_stages", vit_stages, 1)
+        drop_path_rate = check_float("drop_path_rate", drop_path_rate, 0.0, 1.0, max_inclusive=False)
+        bb_kw = dict(drop_path_rate=drop_path_rate, backbone_kwargs=backbone_kwargs)
 
         self.encoder = nn.ModuleDict(
-            {m: create_backbone(backbone, pretrained, image_size, vit_stages) for m in self.modalities}
+            {
+                m: create_backbone(backbone, pretrained, image_size, vit_stages, **bb_kw)
+                for m in self.modalities
+            }
         )
         enc = self.encoder["clinic"]
         stages = resolve_stages(xattn_stages, enc.num_stages)
@@ -78,6 +86,8 @@ class DualEncoder(TwoImageModel):
             "image_size": image_size,
             "xattn_impl": xattn_impl,
             "drop_rate": drop_rate,
+            "drop_path_rate": drop_path_rate,
+            "backbone_kwargs": dict(backbone_kwargs or {}),
             **xinfo,
         }
         self.set_xattn_cuda_graph(xattn_cuda_graph)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,6 +51,8 @@ class SSN(TwoImageModel):
         share_heads: bool = False,
         drop_rate: float = 0.0,
         vit_stages: int = 4,
+        drop_path_rate: float = 0.0,
+        backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         image_size = check_int("image_size", image_size, 8)
@@ -59,8 +62,10 @@ class SSN(TwoImageModel):
         self.share_heads = check_bool("share_heads", share_heads)
         drop_rate = check_float("drop_rate", drop_rate, 0.0, 1.0, max_inclusive=False)
         vit_stages = check_int("vit_stages", vit_stages, 1)
+        drop_path_rate = check_float("drop_path_rate", drop_path_rate, 0.0, 1.0, max_inclusive=False)
+        bb_kw = dict(drop_path_rate=drop_path_rate, backbone_kwargs=backbone_kwargs)
 
-        self.encoder = create_backbone(backbone, pretrained, image_size, vit_stages)
+        self.encoder = create_backbone(backbone, pretrained, image_size, vit_stages, **bb_kw)
         stages = resolve_stages(xattn_stages, self.encoder.num_stages)
         self.cross_attention, xinfo = build_cross_attention(
             self.encoder,
@@ -82,6 +87,8 @@ class SSN(TwoImageModel):
             "share_heads": self.share_heads,
             "xattn_impl": xattn_impl,
             "drop_rate": drop_rate,
+            "drop_path_rate": drop_path_rate,
+            "backbone_kwargs": dict(backbone_kwargs or {}),
             **xinfo,
         }
         self.set_xattn_cuda_graph(xattn_cuda_graph)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ssnbench.errors import ConfigError
-from ssnbench.models.backbone import StagedBackbone, auto_kv_reduction
+from ssnbench.models.backbone import StagedBackbone, auto_kv_reduction, no_weight_decay
 from ssnbench.models.block_graphs import BlockGraphs
 from ssnbench.models.cross_attention import IMPLS, SharedCrossAttention, add_update
 from ssnbench.validation import check_bool, check_choice, check_int
@@ -178,6 +178,10 @@ class TwoImageModel(nn.Module):
 
     def parts(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "cross_attention": self.cross_attention, "heads": self.heads}
+
+    def no_weight_decay(self) -> set[str]:
+        """What timm's optimizer helpers must not decay (the backbones' position tables/tokens)."""
+        return no_weight_decay(self)
 
     def set_xattn_impl(self, impl: str) -> None:
         """Switch every cross-attention block's core (e.g. `triton` on a GPU) without rebuilding."""
