@@ -58,12 +58,12 @@ def _name_list(text: str) -> list[str]:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("ssnbench")
     except PackageNotFoundError:  # run from a source tree without an install
-        from ssnbench import __version__  # noqa: PLC0415
+        from ssnbench import __version__
 
         return __version__
 

@@ -21,9 +21,9 @@ __all__ = ["estimate_seconds", "print_plan"]
 
 
 def _model_cost(spec: ModelSpec, image_size: int) -> dict[str, Any]:
-    from ssnbench import profiling  # noqa: PLC0415
-    from ssnbench.checkpoint import rebuild_options  # noqa: PLC0415
-    from ssnbench.models.registry import build_model  # noqa: PLC0415
+    from ssnbench import profiling
+    from ssnbench.checkpoint import rebuild_options
+    from ssnbench.models.registry import build_model
 
     model = build_model(spec.arch, **rebuild_options(spec.to_dict()))  # shapes only: no weights needed
     macs = profiling.gmacs_report(model, image_size)
@@ -32,7 +32,7 @@ def _model_cost(spec: ModelSpec, image_size: int) -> dict[str, Any]:
 
 def _same_device(a: str | None, b: str) -> bool:
     """Device names equal up to the CPU thread count a run set (`CPU: X (1 threads)`)."""
-    import re  # noqa: PLC0415
+    import re
 
     def strip(name: str) -> str:
         return re.sub(r" \(\d+ threads\)$", "", name)
@@ -71,13 +71,13 @@ def _duration(seconds: float | None) -> str:
 
 def print_plan(suite: Suite, out: Path, device: torch.device, force: bool = False) -> int:
     """Print the plan; 0, or 2 when some model's pretrained weights cannot be had (as a run would)."""
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
 
-    from ssnbench.env import environment  # noqa: PLC0415
-    from ssnbench.launch import claims  # noqa: PLC0415
-    from ssnbench.preflight import weights_plan  # noqa: PLC0415
-    from ssnbench.runner import triage  # noqa: PLC0415
+    from ssnbench.env import environment
+    from ssnbench.launch import claims
+    from ssnbench.preflight import weights_plan
+    from ssnbench.runner import triage
 
     console = Console(width=140)
     jobs, todo, existing, replacing = triage(suite, out, force)
@@ -99,7 +99,7 @@ def print_plan(suite: Suite, out: Path, device: torch.device, force: bool = Fals
 
     records = list(existing.values())
     if out.is_dir():
-        from ssnbench.results import scan_results  # noqa: PLC0415
+        from ssnbench.results import scan_results
 
         records = scan_results(out)[0]  # every earlier run here, also of models not in this plan
     models = Table(title="models", title_justify="left")

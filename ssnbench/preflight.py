@@ -232,8 +232,8 @@ def weights_plan(suite: Suite, jobs: list[Any]) -> list[dict[str, Any]]:
     the Hugging Face cache, downloadable, or a local file, else one `UserError` line naming the
     model, the weights tag, the cache folder and the local-file alternative (models/weights.py owns
     the rules and the message). Also used by `run --dry-run`."""
-    from ssnbench.models.registry import arch_options  # noqa: PLC0415
-    from ssnbench.models.weights import check_weights as can_load  # noqa: PLC0415
+    from ssnbench.models.registry import arch_options
+    from ssnbench.models.weights import check_weights as can_load
 
     found, seen = [], set()
     for job in jobs:

@@ -25,7 +25,7 @@ def history_path(out: Path, job_id: str) -> Path:
 def check_tensorboard() -> None:
     """Fail early, in one line, when --tensorboard is asked for but the extra is not installed."""
     try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401, PLC0415
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError:
         raise UserError(
             "--tensorboard needs the tensorboard package: pip install 'ssnbench[track]'"
@@ -47,7 +47,7 @@ class EpochLog:
             self.path.unlink(missing_ok=True)
         if tensorboard is not None:
             check_tensorboard()
-            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+            from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(Path(tensorboard) / suite / job_id))
 

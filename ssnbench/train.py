@@ -207,7 +207,7 @@ def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
     """AdamW through timm's optimizer factory: its parameter groups exclude norms, biases, gates and
     whatever `model.no_weight_decay()` names (position embeddings, class tokens, Swin's relative
     position tables) from weight decay, as timm's own training recipes do."""
-    from timm.optim import create_optimizer_v2  # noqa: PLC0415
+    from timm.optim import create_optimizer_v2
 
     return create_optimizer_v2(model, "adamw", lr=spec.lr, weight_decay=spec.weight_decay)
 

@@ -52,13 +52,13 @@ def is_hub_name(name: str) -> bool:
 
 def hf_cache_dir() -> str:
     """The Hugging Face hub cache folder timm downloads into (HF_HUB_CACHE, else HF_HOME/hub)."""
-    from huggingface_hub import constants  # noqa: PLC0415
+    from huggingface_hub import constants
 
     return str(constants.HF_HUB_CACHE)
 
 
 def _offline() -> bool:
-    from huggingface_hub import constants  # noqa: PLC0415
+    from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
 
@@ -95,7 +95,7 @@ def _hub_files(cfg: dict[str, Any]) -> list[str]:
 def _pretrained_cfg(name: str) -> dict[str, Any]:
     """timm's pretrained config of a model name (`resnet50`, `resnet50.a1_in1k` or `hf-hub:...`)."""
     if is_hub_name(name):
-        from timm.models._hub import load_model_config_from_hf  # noqa: PLC0415
+        from timm.models._hub import load_model_config_from_hf
 
         repo = name.split(":", 1)[1]
         cfg = dict(load_model_config_from_hf(repo)[0])  # (cfg, name[, model_args]) across timm 1.x
@@ -116,7 +116,7 @@ def _tag(cfg: dict[str, Any], name: str) -> str:
 
 
 def _cached_hub_file(repo: str, files: list[str]) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
+    from huggingface_hub import try_to_load_from_cache
 
     for f in files:
         hit = try_to_load_from_cache(repo, f)
@@ -129,10 +129,10 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     """Can this machine open a connection to the Hub at all? Checked once before downloading, because
     huggingface_hub retries an unreachable host for ~25 s per file, logging each retry: a machine
     without network should get the one-line answer at once. Behind a proxy we cannot tell; say yes."""
-    import socket  # noqa: PLC0415
-    from urllib.parse import urlparse  # noqa: PLC0415
+    import socket
+    from urllib.parse import urlparse
 
-    from huggingface_hub import constants  # noqa: PLC0415
+    from huggingface_hub import constants
 
     proxies = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
     if any(os.environ.get(v) for v in proxies):
@@ -149,7 +149,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def _why_not_downloadable() -> str:
     if _offline():
         return " (HF_HUB_OFFLINE=1)"
-    from huggingface_hub import constants  # noqa: PLC0415
+    from huggingface_hub import constants
 
     return f" (no connection to {constants.ENDPOINT})"
 
@@ -180,7 +180,7 @@ def check_weights(model: str, backbone: str, pretrained: Any) -> dict[str, Any]:
         return {"tag": f"file:{path.name}", "source": "file", "file": str(path)}
     try:
         cfg = _pretrained_cfg(backbone)
-    except Exception as err:  # noqa: BLE001 - a hub config that cannot be fetched
+    except Exception as err:  # a hub config that cannot be fetched
         tag = backbone.split(":", 1)[-1]
         raise WeightsUnavailable(_hint(model, backbone, tag) + f" ({type(err).__name__})") from None
     tag = _tag(cfg, backbone)
@@ -210,9 +210,9 @@ def check_weights(model: str, backbone: str, pretrained: Any) -> dict[str, Any]:
 def _download(repo: str, files: list[str]) -> Path | None:
     """The first of `files` the Hub repo has, downloaded into the cache (as timm would); None on any
     failure. huggingface_hub's retry warnings are silenced: the caller reports in one line."""
-    from huggingface_hub import hf_hub_download  # noqa: PLC0415
-    from huggingface_hub.errors import EntryNotFoundError  # noqa: PLC0415
-    from huggingface_hub.utils import logging as hf_logging  # noqa: PLC0415
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -222,7 +222,7 @@ def _download(repo: str, files: list[str]) -> Path | None:
                 return Path(hf_hub_download(repo, f))
             except EntryNotFoundError:
                 continue  # this repo has the other format
-            except Exception:  # noqa: BLE001 - network, auth, disk: the one-line message says what to do
+            except Exception:  # network, auth, disk: the one-line message says what to do
                 return None
     finally:
         hf_logging.set_verbosity(level)
@@ -274,7 +274,7 @@ def create_timm_model(name: str, pretrained: Any = False, **kwargs: Any) -> nn.M
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         what = f"{str(file)!r}" if file else f"the pretrained weights of {name!r}"
         raise ConfigError(f"pretrained: {what} does not fit backbone {name!r}: {first[:300]}") from None
-    except Exception as err:  # noqa: BLE001 - hub/network errors: the pre-flight's message
+    except Exception as err:  # hub/network errors: the pre-flight's message
         if is_hub_name(name) or load:
             raise WeightsUnavailable(
                 _hint("backbone", name, name.split(":", 1)[-1]) + f" ({type(err).__name__})"
