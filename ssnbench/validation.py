@@ -1,4 +1,5 @@
-"""Value checks shared by the suite loader (config.py) and the model builders (models/).
+"""Value checks shared by the suite loader (config.py) and the model builders (models/), and where
+a user's text file stops being UTF-8 (suite files, the release's CSVs).
 
 Why one module: a suite file's values and a model's options are the same kind of user input and
 deserve the same one-line messages (`<key>: expected ..., got ...; did you mean ...?`). Each check
@@ -24,6 +25,7 @@ __all__ = [
     "check_str",
     "suggest",
     "typename",
+    "utf8_error_at",
 ]
 
 
@@ -43,6 +45,14 @@ def typename(value: Any) -> str:
         list: "a list",
         dict: "a mapping",
     }.get(type(value), type(value).__name__) + f" ({value!r})"[:60]
+
+
+def utf8_error_at(data: bytes, err: UnicodeDecodeError) -> tuple[int, int, str]:
+    """(line, column, byte as `0xNN`) of the first byte of `data` that is not UTF-8, counted from 1:
+    where the one-line error about a file that is not UTF-8 (a suite, meta.csv) points the user."""
+    line = data[: err.start].count(b"\n") + 1
+    column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+    return line, column, f"0x{data[err.start]:02X}"
 
 
 def suggest(word: str, choices: Sequence[str]) -> str:

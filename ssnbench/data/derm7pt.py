@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ssnbench.data.labels import CLASSES, LABELS
 from ssnbench.errors import DatasetError
+from ssnbench.validation import utf8_error_at
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
@@ -151,9 +152,9 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DatasetError(f"{path} line {line}: not UTF-8 text (byte 0x{data[err.start]:02X}); "
-                           "save the file as UTF-8") from None
+        line, _, byte = utf8_error_at(data, err)
+        message = f"{path} line {line}: not UTF-8 text (byte {byte}); save the file as UTF-8"
+        raise DatasetError(message) from None
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = [h.strip() for h in next(reader, [])]
