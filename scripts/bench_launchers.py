@@ -58,7 +58,7 @@ def main() -> int:
     suite.write_text(SUITE.format(epochs=args.epochs))
     os.environ["SSNBENCH_CACHE"] = str(work / "cache")
     from ssnbench.config import load as load_suite
-    from ssnbench.runner import synthetic_root
+    from ssnbench.data.cache import synthetic_root
 
     synthetic_root(load_suite(suite).dataset)  # both runs read the same, already generated data
     ssnbench = [sys.executable, "-m", "ssnbench.cli", "run", str(suite), "--device", "cpu"]

@@ -63,7 +63,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from ssnbench.config import load
-    from ssnbench.runner import pick_device, run_suite
+    from ssnbench.driver import run_suite
+    from ssnbench.env import pick_device
 
     ap = argparse.ArgumentParser(prog="python -m ssnbench.calibration", description=__doc__.splitlines()[0])
     ap.add_argument("suite", help="suite YAML (synthetic), e.g. suites/calibration.yaml")

@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also log every epoch to TensorBoard under DIR/<suite>/<job> "
                           "(needs the extra: pip install 'ssnbench[track]')")
     launch.add_options(run)
-    _command(run, "ssnbench.runner:cli_run")
+    _command(run, "ssnbench.driver:cli_run")
 
     report = sub.add_parser("report", help="rebuild a report from result files without training",
                             epilog=_example("ssnbench report results/demo --report-dir /tmp/report"),

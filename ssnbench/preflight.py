@@ -175,7 +175,7 @@ def check_data(flight: Flight) -> None:
 
         flight.cases = spec.cases
         flight.test_cases = max(1, spec.cases * REAL_SPLITS["test"] // sum(REAL_SPLITS.values()))
-        from ssnbench.runner import synthetic_root_path
+        from ssnbench.data.cache import synthetic_root_path
 
         if not (synthetic_root_path(spec, flight.cache) / "release_v0" / "meta" / "meta.csv").is_file():
             per_image = 4096 + spec.source_size**2 * 3 // 6  # JPEG q90 of smooth renders, plus a block

@@ -107,7 +107,6 @@ def test_find_cycle_finds_one_and_only_one() -> None:
     assert find_cycle({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}}) == ["a", "b", "c", "a"]
 
 
-@pytest.mark.xfail(strict=True, reason="runner <-> job, launch, preflight: the suite driver is in runner.py")
 def test_import_graph_has_no_cycle() -> None:
     """Imports inside functions count: a lazy import that closes a loop is still a loop (it only
     moves the ImportError to the first call), and `if TYPE_CHECKING:` imports do not run."""

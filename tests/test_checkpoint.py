@@ -13,11 +13,12 @@ import torch
 from ssnbench import cli
 from ssnbench.checkpoint import CheckpointError, load_checkpoint
 from ssnbench.config import load
+from ssnbench.data.cache import synthetic_root
 from ssnbench.data.labels import LABELS
+from ssnbench.driver import run_suite
 from ssnbench.predict import predict_checkpoint
 from ssnbench.progress import Progress
 from ssnbench.results import read_result
-from ssnbench.runner import run_suite, synthetic_root
 
 SUITE = """\
 name: tiny-ckpt

@@ -20,8 +20,10 @@ import pytest
 
 from ssnbench import job as job_mod
 from ssnbench.config import load
+from ssnbench.data.cache import synthetic_root
+from ssnbench.driver import run_suite
 from ssnbench.launch import claims
-from ssnbench.runner import read_result, run_suite, synthetic_root
+from ssnbench.results import read_result
 
 SUITE = """\
 name: tiny3

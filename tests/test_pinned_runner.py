@@ -17,10 +17,11 @@ import torch
 
 from ssnbench import runner
 from ssnbench.config import DatasetSpec, ModelSpec, ProfileSpec, Suite, TrainSpec
+from ssnbench.driver import run_suite
 from ssnbench.losses import combine_probabilities
 from ssnbench.progress import Progress
 from ssnbench.results import SCHEMA_VERSION
-from ssnbench.runner import Job, job_hash, plan, resolve_weights, result_path, run_suite
+from ssnbench.runner import Job, job_hash, plan, resolve_weights, result_path
 
 SPEED_ONLY = {"threads", "num_workers", "eval_batch_size"}  # TrainSpec fields that change speed only
 

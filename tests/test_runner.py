@@ -10,8 +10,10 @@ import pytest
 
 from ssnbench import cli
 from ssnbench.config import load
+from ssnbench.data.cache import synthetic_root
+from ssnbench.driver import run_suite
 from ssnbench.results import read_result, write_json_atomic
-from ssnbench.runner import plan, run_suite, synthetic_root
+from ssnbench.runner import plan
 
 SUITE = """\
 name: tiny

@@ -90,7 +90,7 @@ def test_non_finite_loss_raises(data: Data) -> None:
 
 
 def test_cached_dataset_is_reused(tmp_path: Path) -> None:
-    from ssnbench.runner import synthetic_root
+    from ssnbench.data.cache import synthetic_root
 
     root = synthetic_root(TINY, tmp_path)
     stamp = (root / "meta" / "meta.csv").stat().st_mtime_ns

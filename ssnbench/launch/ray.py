@@ -61,7 +61,7 @@ class RayLauncher:
         import ray
 
         t0 = time.perf_counter()
-        from ssnbench.runner import cache_root
+        from ssnbench.data.cache import cache_root
 
         env = {"SSNBENCH_CACHE": str(cache_root().resolve())}  # one cache per node, whatever the cwd
         kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": {"env_vars": env}}
