@@ -137,7 +137,7 @@ class Context:
 
 
 def execute(
-    job: runner_mod.Job, ctx: Context, opts: RunOptions, progress: Progress, log: str | None = None
+    job: runner_mod.Job, ctx: Context, opts: RunOptions, progress: Progress, *, log: str | None = None
 ) -> Outcome:
     """Claim, train, write the result, release. Never trains a job that a live run holds."""
     import torch  # noqa: PLC0415
@@ -177,7 +177,9 @@ def execute(
             torch.set_num_threads(threads_before)
         record["train"] = asdict(suite.train)  # the suite's settings; what this job used is below
         used = threads or torch.get_num_threads()
-        record["placement"] = placement(ctx, opts, used, workers, beat.max_on_host, log)
+        record["placement"] = placement(
+            ctx, opts, threads=used, workers=workers, on_node=beat.max_on_host, log=log
+        )
         if record["status"] == "ok" and "error" not in record.get("profile", {}):
             ctx.profiles.setdefault(job.model.name, record["profile"])
         try:
@@ -201,7 +203,7 @@ def execute(
 
 
 def placement(
-    ctx: Context, opts: RunOptions, threads: int, workers: int | None, on_node: int, log: str | None
+    ctx: Context, opts: RunOptions, *, threads: int, workers: int | None, on_node: int, log: str | None
 ) -> dict[str, Any]:
     """Where and how this job ran: the report's 'where jobs ran' table reads this."""
     return {
@@ -227,6 +229,7 @@ def record_lost(
     job: runner_mod.Job,
     out: Path,
     opts: RunOptions,
+    *,
     reason: str,
     log: str | None,
     kind: str = "WorkerLost",
@@ -299,7 +302,7 @@ def _worker(suite_file: str, job_id: str, out: str, opts: RunOptions, redirect: 
     ctx.reuse_profiles(existing, opts.force)
     progress = Progress()
     progress.log(f"job {job_id} on {socket.gethostname()} pid {os.getpid()}")
-    outcome = execute(job, ctx, opts, progress, str(log) if redirect else None)
+    outcome = execute(job, ctx, opts, progress, log=str(log) if redirect else None)
     progress.log(f"job {job_id}: {outcome.status} {outcome.detail}")
     return outcome
 

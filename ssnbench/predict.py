@@ -123,14 +123,16 @@ def predict_checkpoint(
             raise UserError("predict: give --data RELEASE or --pairs CSV")
     tta_name = data.get("tta") if tta == "checkpoint" else tta
     cuda = device.type == "cuda"
-    loader = make_loader(dataset, int(data["eval_batch_size"]), False, 0, 0, device)
+    loader = make_loader(
+        dataset, batch_size=int(data["eval_batch_size"]), shuffle=False, num_workers=0, seed=0, device=device
+    )
     with deterministic(device.type == "cpu"):
         preds = predict(
             model,
             loader,
-            None,
-            meta["inference_weights"],
-            device,
+            loss_fn=None,
+            inference_weights=meta["inference_weights"],
+            device=device,
             amp=bool(data.get("amp")) and cuda,
             channels_last=bool(data.get("channels_last")) and cuda,
             tta=tta_name,

@@ -94,7 +94,7 @@ def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, device: torch.device
+    dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int, seed: int, device: torch.device
 ) -> DataLoader:
     generator = torch.Generator()
     generator.manual_seed(seed)
@@ -144,6 +144,7 @@ TTA_VIEWS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], ...]] = {
 def predict(
     model: nn.Module,
     loader: DataLoader,
+    *,
     loss_fn: Callable | None,
     inference_weights: dict[str, float],
     device: torch.device,
@@ -234,6 +235,7 @@ def fit(
     model: nn.Module,
     datasets: dict[str, Dataset],
     spec: TrainSpec,
+    *,
     loss_fn: Callable,
     inference_weights: dict[str, float],
     device: torch.device,
@@ -256,9 +258,12 @@ def fit(
         spec.num_workers if spec.num_workers is not None else (min(8, torch.get_num_threads()) if cuda else 0)
     )
     eval_bs = spec.eval_batch_size or 2 * spec.batch_size
-    train_loader = make_loader(datasets["train"], spec.batch_size, True, workers, seed, device)
-    valid_loader = make_loader(datasets["valid"], eval_bs, False, workers, seed, device)
-    test_loader = make_loader(datasets["test"], eval_bs, False, workers, seed, device)
+    train_loader = make_loader(datasets["train"], batch_size=spec.batch_size, shuffle=True,
+                               num_workers=workers, seed=seed, device=device)
+    valid_loader = make_loader(datasets["valid"], batch_size=eval_bs, shuffle=False,
+                               num_workers=workers, seed=seed, device=device)
+    test_loader = make_loader(datasets["test"], batch_size=eval_bs, shuffle=False,
+                              num_workers=workers, seed=seed, device=device)
 
     model.to(device)
     if channels_last:
@@ -307,7 +312,8 @@ def fit(
                 loss_sum += loss.detach() * len(y)
                 seen += len(y)
             train_loss = float(loss_sum) / max(1, seen)
-            valid = predict(model, valid_loader, loss_fn, inference_weights, device, amp, channels_last)
+            valid = predict(model, valid_loader, loss_fn=loss_fn, inference_weights=inference_weights,
+                            device=device, amp=amp, channels_last=channels_last)
             _check_outputs(valid, f"epoch {epoch}, step {steps_per_epoch} (validation)")
             vm = evaluate(valid.probs, valid.labels)
             row = {
@@ -331,7 +337,8 @@ def fit(
         assert best_state is not None
         model.load_state_dict(best_state)
         t_test = time.perf_counter()
-        test = predict(model, test_loader, loss_fn, inference_weights, device, amp, channels_last, tta)
+        test = predict(model, test_loader, loss_fn=loss_fn, inference_weights=inference_weights,
+                       device=device, amp=amp, channels_last=channels_last, tta=tta)
         _check_outputs(test, f"epoch {best_epoch} (test, chosen checkpoint)")
         test_metrics = {k: float(v) for k, v in evaluate(test.probs, test.labels).items()}
         test_seconds = time.perf_counter() - t_test

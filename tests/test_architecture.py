@@ -292,7 +292,6 @@ def test_positional_check_flags_only_what_it_should(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="train.fit/predict/make_loader, job.execute/placement/record_lost")
 def test_calls_with_more_than_four_positional_arguments_name_them() -> None:
     """Issue 12: keyword-only arguments where a call passes more than four. Checked for what
     ssnbench/ defines, called from ssnbench/, scripts/ and tests/. kernels/ keeps Triton's

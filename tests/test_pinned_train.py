@@ -65,7 +65,10 @@ def _fit(good_steps: set[int], epochs: int = 3):
     datasets = {"train": _Cases(4, "t"), "valid": _Cases(3, "v"), "test": _Cases(5, "x")}
     spec = TrainSpec(epochs=epochs, batch_size=4, lr=1e-3, warmup_epochs=0, num_workers=0)
     model = _Schedule(good_steps)  # batch 4 of 4 cases: one step per epoch, so steps == epoch
-    return model, fit(model, datasets, spec, MultiHeadLoss(WEIGHTS), WEIGHTS, torch.device("cpu"), seed=0)
+    return model, fit(
+        model, datasets, spec, loss_fn=MultiHeadLoss(WEIGHTS), inference_weights=WEIGHTS,
+        device=torch.device("cpu"), seed=0,
+    )
 
 
 def test_test_metrics_come_from_the_restored_best_epoch() -> None:

@@ -45,7 +45,10 @@ def test_lr_schedule_warms_up_then_decays() -> None:
 def _fit(data: Data, seed: int, spec: TrainSpec):
     seed_everything(seed)
     model = build_model("ssn", backbone="resnet18", image_size=32)
-    return fit(model, data.datasets, spec, MultiHeadLoss(WEIGHTS), WEIGHTS, torch.device("cpu"), seed)
+    return fit(
+        model, data.datasets, spec, loss_fn=MultiHeadLoss(WEIGHTS), inference_weights=WEIGHTS,
+        device=torch.device("cpu"), seed=seed,
+    )
 
 
 def test_same_seed_same_metrics_and_best_checkpoint(data: Data) -> None:
@@ -82,10 +85,10 @@ def test_non_finite_loss_raises(data: Data) -> None:
             _Broken(),
             data.datasets,
             TrainSpec(epochs=1, batch_size=8),
-            MultiHeadLoss(WEIGHTS),
-            WEIGHTS,
-            torch.device("cpu"),
-            0,
+            loss_fn=MultiHeadLoss(WEIGHTS),
+            inference_weights=WEIGHTS,
+            device=torch.device("cpu"),
+            seed=0,
         )
 
 

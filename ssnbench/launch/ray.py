@@ -121,7 +121,9 @@ class RayLauncher:
                 except ray.exceptions.RayError as err:
                     # a Python error raised outside the job's own isolation, or a dead worker
                     kind = "JobError" if isinstance(err, ray.exceptions.RayTaskError) else "WorkerLost"
-                    outcome = job_mod.record_lost(plan.suite, job, plan.out, jopts, _reason(err), log, kind)
+                    outcome = job_mod.record_lost(
+                        plan.suite, job, plan.out, jopts, reason=_reason(err), log=log, kind=kind
+                    )
                 done_n += 1
                 status = "FAILED" if outcome.status == "failed" else outcome.status
                 progress.job_end(job.id, status, f"{outcome.detail} [{done_n}/{len(plan.jobs)}; log {log}]")

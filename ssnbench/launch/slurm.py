@@ -234,7 +234,7 @@ class SlurmLauncher:
             result = None
         if isinstance(result, Outcome) and result.status == "skipped":
             return Outcome(job.id, "skipped", result.detail, log)
-        return job_mod.record_lost(plan.suite, job, plan.out, opts, reason, log)
+        return job_mod.record_lost(plan.suite, job, plan.out, opts, reason=reason, log=log)
 
 
 def _local_running(job_id: str) -> bool:
