@@ -28,6 +28,7 @@ from ssnbench.validation import (
     check_str,
     suggest,
     typename,
+    utf8_error_at,
 )
 
 DATA_HINT = (
@@ -482,7 +483,7 @@ def _check_model(ctx: _Ctx, index: int, spec: ModelSpec, image_size_written: boo
                 build_model(spec.arch, **spec.options)
         except UserError:
             raise
-        except Exception:  # noqa: BLE001 - some modules refuse meta tensors; validate for real
+        except Exception:  # some modules refuse meta tensors; validate for real
             build_model(spec.arch, **spec.options)
     except UserError as err:
         key = _option_path(path, str(err), spec.options)
@@ -632,14 +633,13 @@ def read_yaml(p: Path) -> Any:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        line, column, byte = utf8_error_at(data, err)
         raise ConfigError(
-            f"{file}: line {line}: not UTF-8 text (byte 0x{data[err.start]:02X} at column {column}); "
+            f"{file}: line {line}: not UTF-8 text (byte {byte} at column {column}); "
             "save the suite file as UTF-8"
         ) from None
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except _DuplicateKey as err:
         raise ConfigError(
             f"{file}: line {err.again}: duplicate key {err.key!r} (first given at line {err.first}); "
