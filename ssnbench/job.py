@@ -140,7 +140,7 @@ def execute(
     job: runner_mod.Job, ctx: Context, opts: RunOptions, progress: Progress, *, log: str | None = None
 ) -> Outcome:
     """Claim, train, write the result, release. Never trains a job that a live run holds."""
-    import torch  # noqa: PLC0415
+    import torch
 
     suite, out = ctx.suite, ctx.out
     got = claims.try_claim(out, job.id, token=opts.token, launcher=opts.launcher)
@@ -278,7 +278,7 @@ def run_in_worker_captured(suite_file: str, job_id: str, out: str, opts: RunOpti
 
 
 def _worker(suite_file: str, job_id: str, out: str, opts: RunOptions, redirect: bool) -> Outcome:
-    from ssnbench import config as config_mod  # noqa: PLC0415
+    from ssnbench import config as config_mod
 
     log = log_path(Path(out), job_id)
     if redirect:
@@ -312,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     [--set KEY.PATH=VALUE ...] [--models A,B] [--tensorboard DIR]`: run one job of a suite here (for
     schedulers other than Ray and SLURM), with the same suite options as the `ssnbench run` that
     planned it."""
-    import argparse  # noqa: PLC0415
-    import time  # noqa: PLC0415
+    import argparse
+    import time
 
     parser = argparse.ArgumentParser(prog="python -m ssnbench.job", description=main.__doc__)
     parser.add_argument("suite")

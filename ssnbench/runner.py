@@ -23,8 +23,8 @@ from typing import Any
 # machine (2 cores, other processes busy) spinning threads made CPU training 3-4x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 from ssnbench.config import DatasetSpec, ModelSpec, Suite
 from ssnbench.data.cache import synthetic_root
@@ -94,7 +94,7 @@ def previous_result(suite: Suite, job: Job, out: Path, force: bool) -> tuple[dic
     re-runs over it (None: it is finished and kept). A record is kept when it is readable, ok and
     of the same suite entry (job hash), unless `force`; anything else at the path is re-run and
     kept aside (`keep_aside`)."""
-    from ssnbench.results import ResultError, load_result  # noqa: PLC0415
+    from ssnbench.results import ResultError, load_result
 
     path = result_path(out, job)
     if not path.exists():
@@ -155,7 +155,7 @@ def open_data(
 ) -> Data:
     """Load (generating if synthetic) the release once per suite and resize interpolation (the
     backbones' timm data config); every job reuses the datasets and sets their normalisation."""
-    from ssnbench.data.derm7pt import load_release, make_datasets  # noqa: PLC0415
+    from ssnbench.data.derm7pt import load_release, make_datasets
 
     if spec.kind == "synthetic":
         t0 = time.perf_counter()
@@ -235,9 +235,9 @@ def profile_model(spec: ModelSpec, suite: Suite, device: torch.device) -> dict[s
 
     On a freshly built model so the measurement never disturbs a seeded training run.
     """
-    from ssnbench import profiling  # noqa: PLC0415
-    from ssnbench.checkpoint import rebuild_options  # noqa: PLC0415
-    from ssnbench.models.registry import build_model  # noqa: PLC0415
+    from ssnbench import profiling
+    from ssnbench.checkpoint import rebuild_options
+    from ssnbench.models.registry import build_model
 
     model = build_model(spec.arch, **rebuild_options(spec.to_dict()))  # shapes only: no weights needed
     size = suite.dataset.image_size
@@ -367,12 +367,12 @@ def run_job(
         if profile is None:
             try:
                 profile = profile_model(job.model, suite, device)
-            except Exception as err:  # noqa: BLE001 - the accuracy result stands without a profile
+            except Exception as err:  # the accuracy result stands without a profile
                 profile = {"error": f"{type(err).__name__}: {err}"}
         record.profile = profile
     except KeyboardInterrupt:
         raise
-    except Exception as err:  # noqa: BLE001 - isolation: one model's failure must not stop a suite
+    except Exception as err:  # isolation: one model's failure must not stop a suite
         oom = isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
         record.status = "failed"
         record.error = JobError(
@@ -393,9 +393,9 @@ def run_job(
 def model_data_config(spec: ModelSpec) -> dict[str, Any]:
     """The backbone's timm data config (mean, std, interpolation) without building weights: the model
     is built on the meta device (as suite validation does)."""
-    from ssnbench.checkpoint import rebuild_options  # noqa: PLC0415
-    from ssnbench.models.backbone import backbone_data_config  # noqa: PLC0415
-    from ssnbench.models.registry import build_model  # noqa: PLC0415
+    from ssnbench.checkpoint import rebuild_options
+    from ssnbench.models.backbone import backbone_data_config
+    from ssnbench.models.registry import build_model
 
     with torch.device("meta"):
         return backbone_data_config(build_model(spec.arch, **rebuild_options(spec.to_dict())))
@@ -404,10 +404,10 @@ def model_data_config(spec: ModelSpec) -> dict[str, Any]:
 def apply_data_config(model: torch.nn.Module, suite: Suite, data: Data) -> dict[str, Any]:
     """Set the datasets' normalisation to the model's timm data config; returns what images go
     through (recorded in the result and the checkpoint)."""
-    from dataclasses import replace  # noqa: PLC0415
+    from dataclasses import replace
 
-    from ssnbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: PLC0415
-    from ssnbench.models.backbone import backbone_data_config  # noqa: PLC0415
+    from ssnbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from ssnbench.models.backbone import backbone_data_config
 
     dc = backbone_data_config(model)
     mean = tuple(float(x) for x in dc.get("mean", IMAGENET_MEAN))
