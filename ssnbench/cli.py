@@ -176,6 +176,45 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     _command(check, "ssnbench.data.commands:check")
 
+    explain = sub.add_parser(
+        "explain",
+        help="per-case figures of a checkpoint: cross-attention maps and Grad-CAM per head",
+        description="One figure per case (both images, where each modality's queries attend in the other "
+        "at every cross-attention stage, Grad-CAM of each head) and an index.md with true and predicted "
+        "labels. Needs the `explain` extra (captum). Example: ssnbench explain "
+        "results/demo/ssn-prior__seed0.safetensors --data .ssnbench-cache/<release> --cases 4 --out explain/",
+    )
+    explain.add_argument("checkpoint", help="a run's <job>.safetensors (or its .checkpoint.json)")
+    explain.add_argument("--data", required=True, metavar="RELEASE", help="Derm7pt release_v0 folder")
+    explain.add_argument("--split", default="test", choices=["train", "valid", "test"], help="default: test")
+    pick = explain.add_mutually_exclusive_group()
+    pick.add_argument("--cases", type=_positive_int, default=4,
+                      help="number of cases, taking each DIAG class in turn (default 4)")
+    pick.add_argument("--ids", nargs="+", default=None, metavar="ID", help="case ids (meta.csv case_id)")
+    explain.add_argument("--out", required=True, help="folder for the figures and index.md")
+    explain.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    _command(explain, "ssnbench.explain.commands:cli_explain")
+
+    robust = sub.add_parser(
+        "robustness",
+        help="accuracy of checkpoints under imaging shifts of each modality",
+        description="Blur, JPEG, brightness, contrast, colour cast, zoom and noise at 3-5 severities on the "
+        "clinical photo and, separately, the dermoscopy image, plus the missing image; writes "
+        "robustness.md, robustness.json and figures/. Example: ssnbench robustness "
+        "results/demo/ssn-prior__seed0.safetensors results/demo/dual-equal__seed0.safetensors "
+        "--data .ssnbench-cache/<release> --out reports/robustness",
+    )
+    robust.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="one or more <job>.safetensors")
+    robust.add_argument("--data", required=True, metavar="RELEASE", help="Derm7pt release_v0 folder")
+    robust.add_argument("--split", default="test", choices=["train", "valid", "test"], help="default: test")
+    robust.add_argument("--severities", type=int, default=5, choices=[3, 4, 5], help="default: 5")
+    robust.add_argument("--shifts", nargs="+", default=None,
+                        help="subset of blur jpeg brightness contrast colour_cast zoom noise (default: all)")
+    robust.add_argument("--seed", type=int, default=0, help="seed of the stochastic shifts (default 0)")
+    robust.add_argument("--out", default="reports/robustness", help="default: reports/robustness")
+    robust.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    _command(robust, "ssnbench.explain.commands:cli_robustness")
+
     bench = sub.add_parser("bench", help="speed benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="TARGET")
     kern = bench_sub.add_parser("kernels", help="fused shared cross-attention vs PyTorch baselines",

@@ -92,6 +92,18 @@ class EvalSpec:
 
 
 @dataclass(frozen=True)
+class RobustnessSpec:
+    """Robustness to imaging shifts, evaluated in each job after training (explain/robustness.py):
+    `robustness: true`, or a mapping with the shifts to apply, how many severities (3-5) and the
+    seed of the stochastic shifts."""
+
+    enabled: bool = False
+    shifts: tuple[str, ...] | None = None  # default: every shift of explain/robustness.py
+    severities: int = 5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One model of the suite: a free-text name, a registry arch and its plain options."""
 
@@ -123,6 +135,7 @@ class Suite:
     margin: float = 0.01  # `stats.margin`: non-inferiority margin of the Claims section (fraction)
     overrides: tuple[str, ...] = ()  # `--set KEY.PATH=VALUE` applied on top of the file (recorded)
     only_models: tuple[str, ...] | None = None  # `--models a,b`: the models kept (None: all)
+    robustness: RobustnessSpec = RobustnessSpec()
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
@@ -268,8 +281,10 @@ _TOP_KEYS = (
     "eval",
     "checkpoint",
     "stats",
+    "robustness",
 )
 TTA_CHOICES = ("none", "flips")
+_ROBUSTNESS_KEYS = ("shifts", "severities", "seed")
 
 
 def _dataset(ctx: _Ctx, raw: Any, base_dir: Path, check_data: bool) -> DatasetSpec:
@@ -402,6 +417,28 @@ def _select_models(ctx: _Ctx, models: Any, names: tuple[str, ...] | list[str]) -
                 f"(models: {', '.join(str(k) for k in known)})"
             )
     return [m for m in models if isinstance(m, dict) and m.get("name") in set(names)]
+
+
+def _robustness(ctx: _Ctx, raw: Any) -> RobustnessSpec:
+    from ssnbench.explain.robustness import SHIFTS
+
+    if raw is None or raw is False:
+        return RobustnessSpec()
+    if raw is True:
+        return RobustnessSpec(enabled=True)
+    _mapping(ctx, "robustness", raw, _ROBUSTNESS_KEYS)
+    shifts = raw.get("shifts")
+    if shifts is not None:
+        if not isinstance(shifts, list) or not shifts:
+            got = typename(shifts)
+            raise ctx.fail("robustness.shifts", f"expected a non-empty list of shift names, got {got}")
+        names = tuple(SHIFTS)
+        shifts = tuple(_choice(ctx, f"robustness.shifts[{i}]", v, names) for i, v in enumerate(shifts))
+    severities = _int(ctx, "robustness.severities", raw.get("severities", 5), minimum=3)
+    if severities > 5:
+        raise ctx.fail("robustness.severities", f"expected 3, 4 or 5, got {severities}")
+    seed = _int(ctx, "robustness.seed", raw.get("seed", 0), minimum=0)
+    return RobustnessSpec(enabled=True, shifts=shifts, severities=severities, seed=seed)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -695,6 +732,7 @@ def _load(
             margin = _float(ctx, "stats.margin", raw["stats"]["margin"], minimum=0.0)
             if margin >= 1:
                 raise ctx.fail("stats.margin", f"expected a fraction below 1 (0.01 = 1 point), got {margin}")
+    robustness = _robustness(ctx, raw.get("robustness"))
 
     seeds_raw = raw.get("seeds", [0])
     if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool):
@@ -744,4 +782,5 @@ def _load(
         margin=margin,
         overrides=tuple(overrides),
         only_models=None if only_models is None else tuple(only_models),
+        robustness=robustness,
     )

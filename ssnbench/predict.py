@@ -23,7 +23,7 @@ from ssnbench.data.labels import CLASSES, LABELS
 from ssnbench.errors import UserError
 from ssnbench.results import write_atomic
 
-__all__ = ["PairsDataset", "cli", "predict_checkpoint", "read_pairs", "write_predictions"]
+__all__ = ["PairsDataset", "cli", "predict_checkpoint", "read_pairs", "split_dataset", "write_predictions"]
 
 
 class PairsDataset(Dataset):
@@ -73,7 +73,9 @@ def read_pairs(path: Path) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
-def _split_dataset(root: Path, split: str, data: dict[str, Any]) -> Dataset:
+def split_dataset(root: Path, split: str, data: dict[str, Any]) -> Dataset:
+    """One split of a release, prepared as a checkpoint's data config says (also used by
+    `ssnbench explain` and `ssnbench robustness`)."""
     from ssnbench.data.derm7pt import SPLITS, Derm7ptDataset, load_release
 
     # absolute, so the image paths written to the CSV work as a --pairs file from any folder
@@ -118,7 +120,7 @@ def predict_checkpoint(
         if pairs is not None:
             dataset = PairsDataset(read_pairs(pairs), data)
         elif data_root is not None:
-            dataset = _split_dataset(data_root, split, data)
+            dataset = split_dataset(data_root, split, data)
         else:
             raise UserError("predict: give --data RELEASE or --pairs CSV")
     tta_name = data.get("tta") if tta == "checkpoint" else tta

@@ -311,6 +311,8 @@ def summarize(records: list[dict]) -> dict[str, Any]:
         "runs": [_run_row(r) for r in sorted(records, key=_run_order)],
         "job_seconds": float(sum((r.get("timings") or {}).get("total_seconds") or 0.0 for r in records)),
         "placement": placement_summary(records),
+        "attribution": attribution_summary(records),
+        "robustness": robustness_summary(records),
     }
 
 
@@ -344,6 +346,20 @@ def _holm_all(paired: list[dict], claim_rows: list[dict]) -> None:
             c["p_holm"] = adjusted[(c["a"], c["b"], "avg")]
     for row in [*paired, *claim_rows]:
         row["holm_family_size"] = len(keys)
+
+
+def attribution_summary(records: list[dict]) -> dict[str, Any]:
+    """Section numbers of the modality attribution (explain/attribution.py; numpy only)."""
+    from ssnbench.explain import attribution
+
+    return attribution.summarize(records)
+
+
+def robustness_summary(records: list[dict]) -> dict[str, Any]:
+    """Section numbers of the robustness evaluation (explain/robustness.py; numpy only)."""
+    from ssnbench.explain import robustness
+
+    return robustness.summarize(records)
 
 
 def _run_order(r: dict) -> tuple:
@@ -816,13 +832,192 @@ def _failed_runs(summary: dict[str, Any], figures: dict[str, str]) -> str:
 
 
 def _figure_links(summary: dict[str, Any], figures: dict[str, str]) -> str:
-    if not figures:
-        return ""
-    return "## Figures\n\n" + "".join(f"![{title}]({rel})\n\n" for title, rel in figures.items())
+    rest = {t: rel for t, rel in figures.items() if not t.startswith((ATTRIBUTION_FIGURE, ROBUSTNESS_FIGURE))}
+    if not rest:
+        return ""  # the attribution and robustness figures are shown in their own sections
+    return "## Figures\n\n" + "".join(f"![{title}]({rel})\n\n" for title, rel in rest.items())
 
 
 def _footer(summary: dict[str, Any], figures: dict[str, str]) -> str:
     return "---\n*SYNTHETIC data: these numbers validate the pipeline only.*\n" if _synthetic(summary) else ""
+
+
+ATTRIBUTION_FIGURE = "Modality attribution"
+
+
+def render_attribution(section: dict[str, Any], figures: dict[str, str]) -> str:
+    """Accuracy with a modality withheld and of each head alone, against the combined
+    prediction, and how often the heads disagree (two-image models only)."""
+    from ssnbench.explain.attribution import VARIANTS
+
+    out = io.StringIO()
+    w = out.write
+    w("## Modality attribution\n\n")
+    models = section.get("models") or []
+    if not models:
+        w("No two-image model with attribution results in this suite.\n\n")
+        return out.getvalue()
+    tests = [r["vs_combined_avg"]["test"] for m in models for r in m["variants"] if "vs_combined_avg" in r]
+    test = tests[0] if tests else None
+    w(
+        "Test accuracy (%) of each two-image model when one modality is withheld at inference (replaced by "
+        f"{section.get('neutral_input')}) and of each head alone (both images shown), against the model as "
+        "deployed (both images, heads combined). Mean over seeds; Δ: paired difference to the combined "
+        "prediction on the same cases (seed s paired with seed s), with its 95% CI and two-sided p "
+        f"({test or 'paired test'}), Holm-adjusted over the {section.get('n_tests', 0)} tests of "
+        "this section. A large drop when a modality is withheld means the model relies on it; a head alone "
+        "close to the combination means the other heads add little.\n\n"
+    )
+    rows = []
+    for m in models:
+        for row in m["variants"]:
+            cells = [m["name"], VARIANTS.get(row["variant"], row["variant"]), _pct(row["acc_avg"])]
+            for key, acc in (("vs_combined_avg", None), ("vs_combined_DIAG", row["acc_DIAG"])):
+                if acc is not None:
+                    cells.append(_pct(acc))
+                t = row.get(key)
+                if t is None:
+                    cells += ["", "", ""]
+                else:
+                    cells += [
+                        _signed(t["diff"]),
+                        f"[{_signed(t['ci_low'])}, {_signed(t['ci_high'])}]",
+                        f"{_num(t['p'], '.3f')} / {_num(t.get('p_holm'), '.3f')}",
+                    ]
+            rows.append(cells)
+    header = ["model", "inputs / head", "avg acc", "Δ", "95% CI", "p / Holm", "DIAG acc", "Δ", "95% CI",
+              "p / Holm"]
+    w(_table(header, rows, "llrrrrrrrr") + "\n\n")
+    w(
+        "Heads' disagreement on the test cases (both images shown; mean over seeds): DIAG — fraction of "
+        "cases whose clinic, derm and fused heads do not all predict the same class, and on those cases "
+        "how often each head (and the combination) was right; all labels — the same disagreement "
+        "averaged over the 8 labels, and the fraction of cases with at least one label in dispute.\n\n"
+    )
+    rows = []
+    for m in models:
+        d = m["disagreement"]
+        right = d.get("DIAG_right") or {}
+        rows.append(
+            [
+                m["name"],
+                _pct(d.get("DIAG_rate")),
+                *(_pct(right.get(h)) for h in ("clinic", "derm", "fused", "combined")),
+                _pct(d.get("rate_avg")),
+                _pct(d.get("cases_any_label")),
+                _num(m.get("seconds"), ".1f"),
+            ]
+        )
+    w(
+        _table(
+            ["model", "DIAG disagree", "clinic right", "derm right", "fused right", "combined right",
+             "all labels disagree", "cases with a dispute", "extra s/job"],
+            rows,
+        )
+        + "\n\n"
+    )
+    if ATTRIBUTION_FIGURE in figures:
+        w(f"![{ATTRIBUTION_FIGURE}]({figures[ATTRIBUTION_FIGURE]})\n\n")
+    return out.getvalue()
+
+
+ROBUSTNESS_FIGURE = "Robustness"
+
+
+def render_robustness(section: dict[str, Any], figures: dict[str, str]) -> str:
+    """Accuracy under imaging shifts of one modality at a time: mean relative drop per model (table)
+    and accuracy vs severity per shift (one figure per modality)."""
+    out = io.StringIO()
+    w = out.write
+    w("## Robustness to imaging conditions\n\n")
+    models = section.get("models") or []
+    shifts = section.get("shifts") or {}
+    w(
+        "Test accuracy when ONE image is degraded and the other left clean, through torchvision's "
+        "functional transforms at increasing severity (defined at 224 px; spatial ones scale with the "
+        "image side), deterministic per seed: "
+        + "; ".join(f"{k} ({v['description']}, {v['unit']})" for k, v in shifts.items())
+        + f". Missing: the image replaced by {section.get('neutral_input')}. Mean relative drop: "
+        "1 − accuracy(shifted)/accuracy(clean) averaged over every shift and severity (missing excluded), "
+        "with a 95% two-level bootstrap CI (seeds, then test cases). Evaluated without test-time "
+        "augmentation.\n\n"
+    )
+    rows = []
+    for m in models:
+        for mod, c in m["modalities"].items():
+            da, dd = c["drop_avg"], c["drop_DIAG"]
+            miss = c.get("missing") or {}
+            rows.append(
+                [
+                    m["name"],
+                    mod,
+                    str(m["seeds"]),
+                    _pct(m["clean"]["acc_avg"]),
+                    f"{_pct(da['drop'])} [{_pct(da['ci_low'])}, {_pct(da['ci_high'])}]",
+                    _pct(m["clean"]["acc_DIAG"]),
+                    f"{_pct(dd['drop'])} [{_pct(dd['ci_low'])}, {_pct(dd['ci_high'])}]",
+                    _pct(miss.get("acc_avg")),
+                    _pct(miss.get("acc_DIAG")),
+                ]
+            )
+    header = ["model", "shifted image", "seeds", "clean avg acc", "mean rel. drop avg (%) [95% CI]",
+              "clean DIAG acc", "mean rel. drop DIAG (%) [95% CI]", "missing: avg acc", "missing: DIAG acc"]
+    w(_table(header, rows, "llrrrrrrr") + "\n\n")
+    for title, rel in figures.items():
+        if title.startswith(ROBUSTNESS_FIGURE):
+            w(f"![{title}]({rel})\n\n")
+    return out.getvalue()
+
+
+def robustness_figures(plt: Any, section: dict[str, Any], folder: Path, tag: str = "") -> dict[str, str]:
+    """One figure per shifted modality: a panel per shift, average accuracy vs severity, a line per
+    model (severity 0 = clean; a dotted line marks the missing-image accuracy)."""
+    models = section.get("models") or []
+    out: dict[str, str] = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    mods = [m for m in ("clinic", "derm") if any(m in x["modalities"] for x in models)]
+    for mod in mods:
+        shifts = list(next(x["modalities"][mod]["curves"] for x in models if mod in x["modalities"]))
+        cols = min(4, len(shifts))
+        rows_n = -(-len(shifts) // cols)
+        fig, axes = plt.subplots(rows_n, cols, figsize=(3.0 * cols, 2.5 * rows_n), squeeze=False)
+        for k, shift in enumerate(shifts):
+            ax = axes[k // cols, k % cols]
+            for j, m in enumerate(x for x in models if mod in x["modalities"]):
+                c = m["modalities"][mod]
+                curve = c["curves"].get(shift) or []
+                xs = [0] + [lv["level"] for lv in curve]
+                ys = [100 * m["clean"]["acc_avg"]] + [100 * lv["acc_avg"] for lv in curve]
+                line = ax.plot(xs, ys, marker=".", label=m["name"], color=f"C{j}")
+                if c.get("missing"):
+                    ax.axhline(100 * c["missing"]["acc_avg"], ls=":", lw=1, color=line[0].get_color())
+            ax.set_title(shift, fontsize=9)
+            ax.set_xlabel("severity (0 = clean)", fontsize=7)
+            ax.set_ylabel("avg test acc (%)", fontsize=7)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+        for k in range(len(shifts), rows_n * cols):
+            axes[k // cols, k % cols].axis("off")
+        axes[0, 0].legend(fontsize=6)
+        fig.suptitle(f"{mod} image shifted (dotted: {mod} image missing){tag}", fontsize=10)
+        fig.tight_layout()
+        name = f"robustness_{mod}.png"
+        _save(fig, folder / name)
+        plt.close(fig)
+        out[f"{ROBUSTNESS_FIGURE}: {mod} image shifted"] = f"{folder.name}/{name}"
+    return out
+
+
+def _attribution(summary: dict[str, Any], figures: dict[str, str]) -> str:
+    """Two-image models' modality attribution ("" when the suite has none: no empty section)."""
+    section = summary.get("attribution") or {}
+    return render_attribution(section, figures) if section.get("models") else ""
+
+
+def _robustness(summary: dict[str, Any], figures: dict[str, str]) -> str:
+    """Robustness to imaging shifts (suites with the `robustness` key)."""
+    section = summary.get("robustness") or {}
+    return render_robustness(section, figures) if section.get("models") else ""
 
 
 Section = Callable[[dict[str, Any], dict[str, str]], str]
@@ -837,6 +1032,8 @@ SECTIONS: list[tuple[bool, Section]] = [
     (True, _paired_differences),
     (True, _claims),
     (True, _head_combination),
+    (True, _attribution),
+    (True, _robustness),
     (True, _failed_runs),
     (False, _figure_links),
     (False, _footer),
@@ -948,7 +1145,45 @@ def _figures(summary: dict, records: list[dict], folder: Path) -> dict[str, str]
         _save(fig, folder / "validation_curves.png")
         plt.close(fig)
         figures["Validation curves"] = "figures/validation_curves.png"
+    if (summary.get("robustness") or {}).get("models"):
+        figures.update(robustness_figures(plt, summary["robustness"], folder, tag))
+    att = (summary.get("attribution") or {}).get("models") or []
+    if att:
+        _attribution_figure(plt, att, folder / "attribution.png", tag)
+        figures[ATTRIBUTION_FIGURE] = "figures/attribution.png"
     return figures
+
+
+def _attribution_figure(plt: Any, models: list[dict], path: Path, tag: str) -> None:
+    """Per variant, its paired difference to the combined prediction (points, one colour per model)
+    with the 95% CI (whiskers): average accuracy left, DIAG accuracy right."""
+    from ssnbench.explain.attribution import VARIANTS
+
+    variants = [v for v in VARIANTS if v != "combined" and any(r["variant"] == v for m in models
+                                                                for r in m["variants"])]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    step = 0.7 / max(1, len(models))
+    x = np.arange(len(variants))
+    panels = ((axes[0], "average", "vs_combined_avg"), (axes[1], "DIAG", "vs_combined_DIAG"))
+    for ax, what, key in panels:
+        for j, m in enumerate(models):
+            rows = {r["variant"]: r.get(key) for r in m["variants"]}
+            d = [100 * rows[v]["diff"] if rows.get(v) else math.nan for v in variants]
+            lo = [100 * (rows[v]["diff"] - rows[v]["ci_low"]) if rows.get(v) else 0.0 for v in variants]
+            hi = [100 * (rows[v]["ci_high"] - rows[v]["diff"]) if rows.get(v) else 0.0 for v in variants]
+            err = [np.maximum(lo, 0), np.maximum(hi, 0)]
+            offset = (j - (len(models) - 1) / 2) * step
+            ax.errorbar(x + offset, d, yerr=err, fmt="o", capsize=3, label=m["name"])
+        ax.axhline(0, color="grey", lw=1)
+        ax.set_xticks(x, [VARIANTS[v] for v in variants], fontsize=7, rotation=20, ha="right")
+        ax.set_ylabel(f"Δ {what} test accuracy vs combined (pp)")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Modality attribution: each variant minus the combined prediction, paired 95% CI" + tag,
+                 fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
 
 
 def _save(fig: Any, path: Path) -> None:

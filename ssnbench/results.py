@@ -117,6 +117,8 @@ class ResultRecord:
     weights: dict[str, Any] | None = None  # backbone weights loaded: {tag, source, file, sha256}
     data_config: dict[str, Any] | None = None  # how images reach the model (timm data config, ...)
     optimizer: dict[str, Any] | None = None  # parameter groups (timm create_optimizer_v2)
+    attribution: dict[str, Any] | None = None  # two-image models: explain/attribution.compute()
+    robustness: dict[str, Any] | None = None  # suite key `robustness`: explain/robustness.evaluate()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

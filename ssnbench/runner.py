@@ -122,6 +122,8 @@ def job_hash(suite: Suite, job: Job) -> str:
     }
     if suite.eval.tta:  # only when set, so results written before `eval:` existed stay valid
         key["eval"] = asdict(suite.eval)
+    if suite.robustness.enabled:  # only then: suites without it keep their results' hashes
+        key["robustness"] = asdict(suite.robustness)
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -267,6 +269,52 @@ def profile_model(spec: ModelSpec, suite: Suite, device: torch.device) -> dict[s
     return out
 
 
+def attribution_of(
+    model: torch.nn.Module, test_set: Any, infer_w: dict[str, float], suite: Suite, device: torch.device
+) -> dict[str, Any] | None:
+    """Modality attribution of a trained two-image model on the test split (None for one-image
+    models); an error here is recorded in the entry and leaves the job's accuracy result standing."""
+    from ssnbench.explain import attribution
+
+    if not attribution.is_two_image(model):
+        return None
+    try:
+        return attribution.compute(
+            model,
+            test_set,
+            infer_w,
+            device,
+            batch_size=suite.train.eval_batch_size or 2 * suite.train.batch_size,
+            amp=suite.train.amp and device.type == "cuda",
+        )
+    except Exception as err:  # noqa: BLE001 - isolation, as for the profile
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def robustness_of(
+    model: torch.nn.Module, test_set: Any, infer_w: dict[str, float], suite: Suite, device: torch.device
+) -> dict[str, Any]:
+    """Test accuracy under imaging shifts of each modality (suite key `robustness`); an error is
+    recorded in the entry, as for attribution."""
+    from ssnbench.explain import robustness
+
+    spec = suite.robustness
+    try:
+        return robustness.evaluate(
+            model,
+            test_set,
+            infer_w,
+            device,
+            shifts=spec.shifts,
+            severities=spec.severities,
+            seed=spec.seed,
+            batch_size=suite.train.eval_batch_size or 2 * suite.train.batch_size,
+            amp=suite.train.amp and device.type == "cuda",
+        )
+    except Exception as err:  # noqa: BLE001 - isolation, as for the profile
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
 def run_job(
     suite: Suite,
     job: Job,
@@ -344,6 +392,9 @@ def run_job(
             on_epoch=on_epoch,
             tta=suite.eval.tta,
         )
+        record.attribution = attribution_of(model, data.datasets["test"], infer_w, suite, device)
+        if suite.robustness.enabled:
+            record.robustness = robustness_of(model, data.datasets["test"], infer_w, suite, device)
         test = result.test
         pred = np.stack([p.argmax(axis=1) for p in test.probs], axis=1)
         record.status = "ok"

@@ -70,6 +70,10 @@ def test_run_resume_force_and_report(suite_file: Path, tmp_path: Path, capsys) -
     )
     text = (rep / "report.md").read_text()
     assert "SYNTHETIC" in text and "| ssn |" in text and "ssn − single-derm" in text
+    # modality attribution: computed in the job for two-image models only, shown in the report
+    assert record["attribution"]["variants"]["combined"]["pred"] == predictions["pred"]
+    assert read_result(out / "single-derm__seed0.json").get("attribution") is None
+    assert "| ssn | clinical photo withheld |" in text and (rep / "figures" / "attribution.png").is_file()
     capsys.readouterr()
 
     # resume: nothing re-runs
