@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo calibration test test-slow lint bench bench-compare mutation clean constraints
+.PHONY: setup demo robustness calibration test test-slow lint bench bench-compare mutation clean constraints
 
 # constraints.txt pins the versions the tests passed on (regenerate: make constraints).
 $(STAMP): pyproject.toml constraints.txt
@@ -15,8 +15,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# The demo, then the explanation gallery of 4 test cases of its SSN (docs/explain.md): both images,
+# cross-attention maps and Grad-CAM per head, an index of true and predicted labels.
 demo: $(STAMP)
 	$(BIN)/ssnbench run suites/demo.yaml
+	$(BIN)/ssnbench explain results/demo/ssn-prior__seed0.safetensors --cases 4 --out reports/demo/explain
+
+# Accuracy under imaging shifts of each modality (docs/explain.md); its own suite, slower than the demo.
+robustness: $(STAMP)
+	$(BIN)/ssnbench run suites/robustness.yaml
 
 # Power and false positives of the fusion-vs-derm claim at planted clinical-informativeness levels
 # (docs/planted.md); slower than the demo (one demo-sized run per level).

@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         "results/demo/ssn-prior__seed0.safetensors --data .ssnbench-cache/<release> --cases 4 --out explain/",
     )
     explain.add_argument("checkpoint", help="a run's <job>.safetensors (or its .checkpoint.json)")
-    explain.add_argument("--data", required=True, metavar="RELEASE", help="Derm7pt release_v0 folder")
+    explain.add_argument("--data", default=None, metavar="RELEASE",
+                         help="Derm7pt release_v0 folder (default: the one the checkpoint was trained on)")
     explain.add_argument("--split", default="test", choices=["train", "valid", "test"], help="default: test")
     pick = explain.add_mutually_exclusive_group()
     pick.add_argument("--cases", type=_positive_int, default=4,
@@ -205,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data .ssnbench-cache/<release> --out reports/robustness",
     )
     robust.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="one or more <job>.safetensors")
-    robust.add_argument("--data", required=True, metavar="RELEASE", help="Derm7pt release_v0 folder")
+    robust.add_argument("--data", default=None, metavar="RELEASE",
+                        help="Derm7pt release_v0 folder (default: the one each checkpoint was trained on)")
     robust.add_argument("--split", default="test", choices=["train", "valid", "test"], help="default: test")
     robust.add_argument("--severities", type=int, default=5, choices=[3, 4, 5], help="default: 5")
     robust.add_argument("--shifts", nargs="+", default=None,

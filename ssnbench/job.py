@@ -17,10 +17,11 @@ import os
 import socket
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ssnbench import runner as runner_mod
 from ssnbench.config import ModelSpec, Suite
@@ -29,6 +30,9 @@ from ssnbench.errors import UserError
 from ssnbench.launch import claims
 from ssnbench.progress import Progress
 from ssnbench.results import JobError, ResultRecord, read_result, write_result
+
+if TYPE_CHECKING:  # annotations only (execute imports torch where it uses it, as before)
+    import torch
 
 LOGS_DIR = "logs"
 
@@ -172,6 +176,7 @@ def execute(
                     progress=progress,
                     out=out,
                     tensorboard=Path(opts.tensorboard) if opts.tensorboard else None,
+                    after_fit=end_of_job(job_suite, data, ctx.device),
                 )
         finally:
             torch.set_num_threads(threads_before)
@@ -200,6 +205,43 @@ def execute(
         )
         return Outcome(job.id, "ok", detail, log)
     return Outcome(job.id, "failed", f"{record['error']['type']}: {record['error']['message']}", log)
+
+
+def end_of_job(
+    suite: Suite, data: runner_mod.Data, device: torch.device
+) -> Callable[[torch.nn.Module, ResultRecord], None]:
+    """The analyses every job runs on its trained model, whichever launcher runs it: modality
+    attribution of two-image models (ssnbench.explain.attribution, inference only: three passes over
+    the test split) and, with the suite key `robustness`, accuracy under imaging shifts. A failure
+    of either is recorded in its entry (`{"error": ...}`) and leaves the job's accuracy result
+    standing, as a failed profile does."""
+
+    def after_fit(model: torch.nn.Module, record: ResultRecord) -> None:
+        from ssnbench.explain import attribution, robustness  # noqa: PLC0415
+
+        test = data.datasets["test"]
+        kw = {
+            "batch_size": suite.train.eval_batch_size or 2 * suite.train.batch_size,
+            "amp": suite.train.amp and device.type == "cuda",
+        }
+        weights = record.inference_weights or {}
+        if attribution.is_two_image(model):
+            record.attribution = _isolated(attribution.compute, model, test, weights, device, **kw)
+        spec = suite.robustness
+        if spec.enabled:
+            record.robustness = _isolated(
+                robustness.evaluate, model, test, weights, device,
+                shifts=spec.shifts, severities=spec.severities, seed=spec.seed, **kw,
+            )
+
+    return after_fit
+
+
+def _isolated(fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - isolation, as for the profile
+        return {"error": f"{type(err).__name__}: {err}"}
 
 
 def placement(

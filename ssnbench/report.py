@@ -857,16 +857,17 @@ def render_attribution(section: dict[str, Any], figures: dict[str, str]) -> str:
     if not models:
         w("No two-image model with attribution results in this suite.\n\n")
         return out.getvalue()
-    tests = [r["vs_combined_avg"]["test"] for m in models for r in m["variants"] if "vs_combined_avg" in r]
-    test = tests[0] if tests else None
     w(
         "Test accuracy (%) of each two-image model when one modality is withheld at inference (replaced by "
         f"{section.get('neutral_input')}) and of each head alone (both images shown), against the model as "
         "deployed (both images, heads combined). Mean over seeds; Δ: paired difference to the combined "
-        "prediction on the same cases (seed s paired with seed s), with its 95% CI and two-sided p "
-        f"({test or 'paired test'}), Holm-adjusted over the {section.get('n_tests', 0)} tests of "
-        "this section. A large drop when a modality is withheld means the model relies on it; a head alone "
-        "close to the combination means the other heads add little.\n\n"
+        "prediction on the same cases (seed s paired with seed s) in points, 95% CI: two-level bootstrap "
+        "(seeds, then cases); p: two-sided sign-flip permutation test (average accuracy) and exact McNemar "
+        f"test (DIAG), Holm-adjusted over the {section.get('n_tests', 0)} tests of this section in brackets "
+        "(a family of its own: diagnostics of each model, not comparisons between models). A large drop when "
+        "a modality "
+        "is withheld means the model relies on it; a head alone close to the combination means the other "
+        "heads add little. How to read it, and what it cannot tell: docs/explain.md.\n\n"
     )
     rows = []
     for m in models:
@@ -882,11 +883,11 @@ def render_attribution(section: dict[str, Any], figures: dict[str, str]) -> str:
                     cells += [
                         _signed(t["diff"]),
                         f"[{_signed(t['ci_low'])}, {_signed(t['ci_high'])}]",
-                        f"{_num(t['p'], '.3f')} / {_num(t.get('p_holm'), '.3f')}",
+                        _p(t["p"], t.get("p_holm")),
                     ]
             rows.append(cells)
-    header = ["model", "inputs / head", "avg acc", "Δ", "95% CI", "p / Holm", "DIAG acc", "Δ", "95% CI",
-              "p / Holm"]
+    header = ["model", "inputs / head", "avg acc", "Δ", "95% CI", "p [Holm]", "DIAG acc", "Δ", "95% CI",
+              "p [Holm]"]
     w(_table(header, rows, "llrrrrrrrr") + "\n\n")
     w(
         "Heads' disagreement on the test cases (both images shown; mean over seeds): DIAG — fraction of "

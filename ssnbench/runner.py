@@ -14,6 +14,7 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -269,52 +270,6 @@ def profile_model(spec: ModelSpec, suite: Suite, device: torch.device) -> dict[s
     return out
 
 
-def attribution_of(
-    model: torch.nn.Module, test_set: Any, infer_w: dict[str, float], suite: Suite, device: torch.device
-) -> dict[str, Any] | None:
-    """Modality attribution of a trained two-image model on the test split (None for one-image
-    models); an error here is recorded in the entry and leaves the job's accuracy result standing."""
-    from ssnbench.explain import attribution
-
-    if not attribution.is_two_image(model):
-        return None
-    try:
-        return attribution.compute(
-            model,
-            test_set,
-            infer_w,
-            device,
-            batch_size=suite.train.eval_batch_size or 2 * suite.train.batch_size,
-            amp=suite.train.amp and device.type == "cuda",
-        )
-    except Exception as err:  # noqa: BLE001 - isolation, as for the profile
-        return {"error": f"{type(err).__name__}: {err}"}
-
-
-def robustness_of(
-    model: torch.nn.Module, test_set: Any, infer_w: dict[str, float], suite: Suite, device: torch.device
-) -> dict[str, Any]:
-    """Test accuracy under imaging shifts of each modality (suite key `robustness`); an error is
-    recorded in the entry, as for attribution."""
-    from ssnbench.explain import robustness
-
-    spec = suite.robustness
-    try:
-        return robustness.evaluate(
-            model,
-            test_set,
-            infer_w,
-            device,
-            shifts=spec.shifts,
-            severities=spec.severities,
-            seed=spec.seed,
-            batch_size=suite.train.eval_batch_size or 2 * suite.train.batch_size,
-            amp=suite.train.amp and device.type == "cuda",
-        )
-    except Exception as err:  # noqa: BLE001 - isolation, as for the profile
-        return {"error": f"{type(err).__name__}: {err}"}
-
-
 def run_job(
     suite: Suite,
     job: Job,
@@ -326,10 +281,13 @@ def run_job(
     progress: Progress,
     out: Path | None = None,
     tensorboard: Path | None = None,
+    after_fit: Callable[[torch.nn.Module, ResultRecord], None] | None = None,
 ) -> dict[str, Any]:
     """Train/evaluate one (model, seed) and return its result record as written to its file (never
     raises for a model's failure: the error is recorded; KeyboardInterrupt propagates). With `out`,
-    the chosen weights are saved there as a checkpoint (unless the suite says `checkpoint: false`)."""
+    the chosen weights are saved there as a checkpoint (unless the suite says `checkpoint: false`).
+    `after_fit(model, record)` runs on the trained model before it is freed (job.py's
+    end-of-job analyses: modality attribution, robustness)."""
     # imported here, not at the top: tests replace these functions on their modules
     from ssnbench.losses import MultiHeadLoss, class_weights_from_labels, describe_combination
     from ssnbench.models.backbone import backbone_weights
@@ -392,9 +350,6 @@ def run_job(
             on_epoch=on_epoch,
             tta=suite.eval.tta,
         )
-        record.attribution = attribution_of(model, data.datasets["test"], infer_w, suite, device)
-        if suite.robustness.enabled:
-            record.robustness = robustness_of(model, data.datasets["test"], infer_w, suite, device)
         test = result.test
         pred = np.stack([p.argmax(axis=1) for p in test.probs], axis=1)
         record.status = "ok"
@@ -414,6 +369,8 @@ def run_job(
             record.checkpoint = write_checkpoint(
                 model, suite=suite, job=job, record=record.to_dict(), out=out
             )
+        if after_fit is not None:
+            after_fit(model, record)
         del model
         if profile is None:
             try:

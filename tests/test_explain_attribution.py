@@ -74,9 +74,3 @@ def test_summarize_pairs_seeds_and_holm_adjusts(toy) -> None:
     assert text.startswith("## Modality attribution") and "clinical photo withheld" in text
     assert "| toy | clinical photo withheld |" in text and "figures/attribution.png" in text
     assert "No two-image model" in render_attribution(attribution.summarize(records[2:]), {})
-
-
-def test_holm_against_a_hand_worked_example() -> None:
-    # p = 0.01, 0.04, 0.03 (m = 3): sorted 0.01*3=0.03, 0.03*2=0.06, max(0.06, 0.04*1)=0.06
-    assert attribution.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    assert np.isnan(attribution.holm([float("nan"), 0.5])[0])

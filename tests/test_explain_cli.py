@@ -1,4 +1,5 @@
-"""`ssnbench explain` and `ssnbench robustness` on a real (tiny) checkpoint, and their one-line errors."""
+"""`ssnbench explain` and `ssnbench robustness` on a real (tiny, untrained) checkpoint written the way a
+job writes it, and their one-line errors for a missing or incompatible checkpoint."""
 
 from __future__ import annotations
 
@@ -14,69 +15,57 @@ SUITE = """\
 name: tinyx
 dataset: {kind: synthetic, cases: 40, seed: 0, source_size: 32, image_size: 32, border_crop: 2}
 train: {epochs: 1, batch_size: 8, warmup_epochs: 0, num_workers: 0, threads: 1}
-profile: false
-models: [{name: ssn, arch: ssn, options: {backbone: resnet18}}]
+models: [{name: ssn, arch: ssn, options: {backbone: test_resnet}}]
 """
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(checkpoint, release) of a one-epoch SSN."""
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SSN checkpoint written by the runner's own `write_checkpoint` (random weights: these tests
+    are about the commands, not about what a trained model shows), next to a synthetic release."""
     from ssnbench.config import load
-    from ssnbench.runner import run_suite, synthetic_root
+    from ssnbench.data.synthetic import generate
+    from ssnbench.models.registry import build_model
+    from ssnbench.runner import heads_of, plan, resolve_weights, write_checkpoint
 
     tmp = tmp_path_factory.mktemp("x")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SSNBENCH_CACHE", str(tmp / "cache"))
-    try:
-        (tmp / "s.yaml").write_text(SUITE)
-        suite = load(tmp / "s.yaml")
-        assert run_suite(suite, tmp / "res", None, torch.device("cpu")) == 0
-        release = synthetic_root(suite.dataset)
-    finally:
-        mp.undo()
-    return tmp / "res" / "ssn__seed0.safetensors", release
+    release = generate(tmp / "data", cases=40, seed=0, image_size=32)
+    (tmp / "s.yaml").write_text(SUITE)
+    suite = load(tmp / "s.yaml", check_models=False)
+    job = plan(suite)[0]
+    torch.manual_seed(0)
+    model = build_model(job.model.arch, **job.model.options)
+    heads = heads_of(model, 32)
+    _, infer_w, scheme = resolve_weights(job.model, heads)
+    record = {
+        "heads": heads,
+        "inference_weights": infer_w,
+        "inference_scheme": scheme,
+        "dataset": {"kind": "synthetic", "root": str(release), "splits": {}},
+        "metrics": {},
+        "valid_metrics": {},
+        "best_epoch": 0,
+        "environment": {},
+    }
+    write_checkpoint(model, suite=suite, job=job, record=record, out=tmp / "res")
+    return tmp / "res" / f"{job.id}.safetensors"
 
 
-def test_explain_writes_figures_and_index(run, tmp_path, capsys) -> None:
-    checkpoint, release = run
+def test_explain_writes_figures_and_index(checkpoint, tmp_path, capsys) -> None:
     out = tmp_path / "ex"
-    args = [
-        "explain",
-        str(checkpoint),
-        "--data",
-        str(release),
-        "--cases",
-        "2",
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-    ]
-    assert cli.main(args) == 0
+    # --data left out: the release recorded in the checkpoint
+    assert cli.main(["explain", str(checkpoint), "--cases", "2", "--out", str(out), "--device", "cpu"]) == 0
     assert "2 cases ->" in capsys.readouterr().out
     text = (out / "index.md").read_text()
     assert text.count(".png)") == 2 and "log-sum-exp" in text and "true DIAG" in text
     assert len(list(out.glob("case_*.png"))) == 2
 
 
-def test_robustness_writes_table_json_and_figures(run, tmp_path) -> None:
-    checkpoint, release = run
+def test_robustness_writes_table_json_and_figures(checkpoint, tmp_path) -> None:
     out = tmp_path / "rob"
-    args = [
-        "robustness",
-        str(checkpoint),
-        "--data",
-        str(release),
-        "--severities",
-        "3",
-        "--shifts",
-        "blur,zoom",
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-    ]
+    release = json.loads(checkpoint.with_name("ssn__seed0.checkpoint.json").read_text())["dataset"]["root"]
+    args = ["robustness", str(checkpoint), "--data", release, "--severities", "3", "--shifts", "blur,zoom",
+            "--out", str(out), "--device", "cpu"]
     assert cli.main(args) == 0
     assert "| ssn | clinic | 1 |" in (out / "robustness.md").read_text()
     data = json.loads((out / "robustness.json").read_text())
@@ -84,19 +73,26 @@ def test_robustness_writes_table_json_and_figures(run, tmp_path) -> None:
     assert (out / "figures" / "robustness_clinic.png").is_file()
 
 
-@pytest.mark.parametrize("command", ["explain", "robustness"])
-def test_missing_or_incompatible_checkpoint_is_one_line_exit_2(run, tmp_path, capsys, command) -> None:
-    checkpoint, release = run
-    tail = ["--data", str(release), "--out", str(tmp_path / "o"), "--device", "cpu"]
-    assert cli.main([command, str(tmp_path / "nope.safetensors"), *tail]) == 2
+def _one_line_exit_2(capsys, code: int, *needles: str) -> None:
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ssnbench: error:") and "\n" not in err and "nope" in err
+    assert code == 2 and err.startswith("ssnbench: error:") and "\n" not in err, err
+    assert all(n in err for n in needles), err
+
+
+@pytest.mark.parametrize("command", ["explain", "robustness"])
+def test_missing_or_incompatible_checkpoint_is_one_line_exit_2(checkpoint, tmp_path, capsys, command) -> None:
+    tail = ["--out", str(tmp_path / "o"), "--device", "cpu"]
+    _one_line_exit_2(capsys, cli.main([command, str(tmp_path / "nope.safetensors"), *tail]), "nope")
 
     meta = json.loads(checkpoint.with_name("ssn__seed0.checkpoint.json").read_text())
-    meta["model"]["options"]["backbone"] = "resnet34"  # the weights no longer fit the model
+    meta["model"]["options"]["backbone"] = "resnet18"  # the weights no longer fit the model
     bad = tmp_path / "bad.checkpoint.json"
     bad.write_text(json.dumps(meta))
     bad.with_name(meta["weights_file"]).write_bytes(checkpoint.read_bytes())
-    assert cli.main([command, str(bad), *tail]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("ssnbench: error:") and "\n" not in err and "does not fit" in err
+    _one_line_exit_2(capsys, cli.main([command, str(bad), *tail]), "does not fit")
+
+    meta["model"]["options"]["backbone"] = "test_resnet"
+    meta["dataset"]["root"] = str(tmp_path / "moved")  # the release it was trained on is gone
+    bad.write_text(json.dumps(meta))
+    _one_line_exit_2(capsys, cli.main([command, str(bad), *tail]), "give --data RELEASE")
+    assert not (tmp_path / "o").exists()  # nothing written

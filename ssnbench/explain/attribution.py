@@ -131,59 +131,23 @@ def _scores(att: dict, variant: str, order: list[int] | None) -> tuple[np.ndarra
     return correct.mean(axis=1), correct[:, 0].astype(float)
 
 
-def paired_test(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, Any]:
+def paired_test(a: np.ndarray, b: np.ndarray, seed: int = 0, mcnemar: bool = False) -> dict[str, Any]:
     """A − B on the same cases from per-case scores [seeds, cases] (seed s of A paired with seed s of
-    B): difference, 95% CI and a two-sided p.
+    B), with the statistics of the report's paired differences (ssnbench.stats): a two-level bootstrap
+    CI (seeds, then cases) and the two-sided sign-flip permutation p on seed-averaged differences, or,
+    with `mcnemar` (0/1 correctness such as DIAG), the exact McNemar p."""
+    from ssnbench import stats
 
-    With ssnbench.stats (the science issue's module): a two-level bootstrap CI (seeds, then cases)
-    and the sign-flip permutation p on seed-averaged differences. Without it: metrics'
-    paired bootstrap over cases of the seed-averaged scores, and its bootstrap fraction as p (the
-    `test` key names which).
-    """
-    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
-    try:
-        from ssnbench import stats
-    except ImportError:
-        stats = None
-    if stats is not None and hasattr(stats, "paired_difference"):
-        res = stats.paired_difference(a, b, seed=seed)
-        return {
-            "diff": float(res.diff.estimate),
-            "ci_low": float(res.diff.low),
-            "ci_high": float(res.diff.high),
-            "p": float(res.p_value),
-            "test": f"sign-flip permutation; CI: bootstrap over {res.diff.levels}",
-        }
-    from ssnbench.metrics import paired_bootstrap
-
-    out = paired_bootstrap(a.mean(axis=0), b.mean(axis=0), seed=seed)
+    res = stats.paired_difference(a, b, seed=seed)
+    p = stats.mcnemar_exact(a, b)["p_value"] if mcnemar else res.p_value
     return {
-        "diff": float(out["diff"]),
-        "ci_low": float(out["ci_low"]),
-        "ci_high": float(out["ci_high"]),
-        "p": float(out["p_value"]),
-        "test": "paired bootstrap fraction; CI: bootstrap over cases",
+        "diff": float(res.diff.estimate),
+        "ci_low": float(res.diff.low),
+        "ci_high": float(res.diff.high),
+        "levels": res.diff.levels,
+        "p": float(p),
+        "test": "exact McNemar" if mcnemar else "sign-flip permutation",
     }
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm step-down adjusted p-values (NaN stays NaN); ssnbench.stats' when available."""
-    try:
-        from ssnbench import stats
-
-        if hasattr(stats, "holm"):
-            return [float(x) for x in stats.holm(pvalues)]
-    except ImportError:
-        pass
-    p = np.asarray(pvalues, dtype=float)
-    ok = np.flatnonzero(~np.isnan(p))
-    out = np.full(p.shape, math.nan)
-    order = ok[np.argsort(p[ok], kind="stable")]
-    m, running = len(order), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out.tolist()
 
 
 def summarize(records: list[dict]) -> dict[str, Any]:
@@ -222,7 +186,7 @@ def summarize(records: list[dict]) -> dict[str, Any]:
             if v != "combined":
                 sc = [_scores(r["attribution"], v, o) for r, o in zip(usable, orders, strict=True)]
                 row["vs_combined_avg"] = paired_test(np.stack([s[0] for s in sc]), base_avg)
-                row["vs_combined_DIAG"] = paired_test(np.stack([s[1] for s in sc]), base_diag)
+                row["vs_combined_DIAG"] = paired_test(np.stack([s[1] for s in sc]), base_diag, mcnemar=True)
             rows.append(row)
         dis = [r["attribution"]["disagreement"] for r in usable]
         diag = [d["per_label"]["DIAG"] for d in dis]
@@ -248,7 +212,11 @@ def summarize(records: list[dict]) -> dict[str, Any]:
                 "seconds": float(np.mean([r["attribution"].get("seconds", math.nan) for r in usable])),
             }
         )
-    # Holm over every test of the section (2 per non-combined row and model)
+    # Holm over every test of the section (2 per non-combined row and model): a family of its own,
+    # apart from the report's model comparisons (these are diagnostics of each model, not claims
+    # between models, and must not widen the Claims section's adjusted p-values).
+    from ssnbench import stats
+
     tests = [
         (row, key)
         for m in models
@@ -256,6 +224,6 @@ def summarize(records: list[dict]) -> dict[str, Any]:
         for key in ("vs_combined_avg", "vs_combined_DIAG")
         if key in row
     ]
-    for (row, key), adj in zip(tests, holm([row[key]["p"] for row, key in tests]), strict=True):
+    for (row, key), adj in zip(tests, stats.holm([row[key]["p"] for row, key in tests]), strict=True):
         row[key]["p_holm"] = adj
     return {"neutral_input": NEUTRAL_INPUT, "models": models, "n_tests": len(tests)}

@@ -20,13 +20,32 @@ from ssnbench.errors import UserError  # noqa: E402
 __all__ = ["cli_explain", "cli_robustness", "open_checkpoint"]
 
 
-def open_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, split: str, device: Any):
-    """(model, checkpoint meta, dataset of `split` prepared as the run prepared its test data)."""
+def open_checkpoint(
+    checkpoint: str | os.PathLike, data: str | os.PathLike | None, split: str, device: Any
+):
+    """(model, checkpoint meta, dataset of `split` prepared as the run prepared its test data).
+    `data` None: the release the run trained on, as its checkpoint records it."""
     from ssnbench.checkpoint import load_checkpoint
     from ssnbench.predict import split_dataset
 
     model, meta = load_checkpoint(checkpoint, device)
+    if data is None:
+        data = (meta.get("dataset") or {}).get("root")
+        if not data or not Path(data).is_dir():
+            raise UserError(
+                f"{checkpoint}: the release it was trained on ({data or 'not recorded'}) is not here; "
+                "give --data RELEASE"
+            )
     return model, meta, split_dataset(Path(data), split, meta["data"])
+
+
+def _shown(path: str | os.PathLike) -> str:
+    """A path as the reader of a committed report wants it: relative to here when it is below."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
 
 
 def cli_explain(args: Any) -> int:
@@ -41,6 +60,7 @@ def cli_explain(args: Any) -> int:
     ids = [c for part in (args.ids or []) for c in part.split(",") if c]
     indices = pick_cases(dataset, args.cases, ids)
     name = meta.get("job") or Path(args.checkpoint).name
+    release = _shown(args.data or meta["dataset"]["root"])
     index = write_gallery(
         model,
         dataset,
@@ -50,7 +70,7 @@ def cli_explain(args: Any) -> int:
         device,
         title=f"ssnbench explain: {name}",
         source=f"Checkpoint `{args.checkpoint}` (model {meta['model'].get('name')!r}, arch "
-        f"{meta['model'].get('arch')!r}), {args.split} split of `{args.data}`.",
+        f"{meta['model'].get('arch')!r}), {args.split} split of `{release}`.",
     )
     print(f"{len(indices)} cases -> {index}")
     return 0
@@ -96,6 +116,7 @@ def cli_robustness(args: Any) -> int:
                 "model_index": i,
                 "seed": int(meta.get("seed", 0) or 0),
                 "checkpoint": str(checkpoint),
+                "data": str(args.data or meta["dataset"]["root"]),
                 "robustness": rob,
             }
         )
@@ -104,7 +125,7 @@ def cli_robustness(args: Any) -> int:
     out = Path(args.out)
     figures = robustness_figures(plt, section, out / "figures")
     text = (
-        f"# ssnbench robustness: {args.split} split of `{args.data}`\n\n"
+        f"# ssnbench robustness: {args.split} split of `{_shown(args.data or records[0]['data'])}`\n\n"
         + "Checkpoints: "
         + ", ".join(f"`{c}`" for c in args.checkpoints)
         + ".\n\n"

@@ -115,7 +115,8 @@ def attention_on_lesion(
 ) -> dict[int, dict[str, float]]:
     """Per cross-attention stage: mean attention mass of the clinic queries inside the dermoscopy
     lesion, mean lesion share of the key grid, fraction of cases with mass > share, its one-sided
-    binomial p against 1/2 (see the module docstring)."""
+    binomial p against 1/2 (see the module docstring). Stages whose key grid is a single cell (a
+    small image at the last stage) are left out: there attention cannot prefer any place."""
     from scipy.stats import binomtest
 
     from ssnbench.explain.attention_maps import capture_attention
@@ -131,6 +132,8 @@ def attention_on_lesion(
         with capture_attention(model, int(clinic.shape[-1])) as maps, torch.no_grad():
             model(clinic, derm)
         for s in maps.stages:
+            if maps.to_derm[s][0].numel() < 2:  # one key cell: attention has nowhere else to go
+                continue
             m, a = lesion_mass(maps.to_derm[s].cpu(), masks[list(rows)])
             mass.setdefault(s, []).append(m)
             share.setdefault(s, []).append(a)
