@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="One figure per case (both images, where each modality's queries attend in the other "
         "at every cross-attention stage, Grad-CAM of each head) and an index.md with true and predicted "
         "labels. Needs the `explain` extra (captum). Example: ssnbench explain "
-        "results/demo/ssn-prior__seed0.safetensors --data .ssnbench-cache/<release> --cases 4 --out explain/",
+        "results/demo/ssn-prior__seed0.safetensors --cases 4 --out explain/",
     )
     explain.add_argument("checkpoint", help="a run's <job>.safetensors (or its .checkpoint.json)")
     explain.add_argument("--data", default=None, metavar="RELEASE",
@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Blur, JPEG, brightness, contrast, colour cast, zoom and noise at 3-5 severities on the "
         "clinical photo and, separately, the dermoscopy image, plus the missing image; writes "
         "robustness.md, robustness.json and figures/. Example: ssnbench robustness "
-        "results/demo/ssn-prior__seed0.safetensors results/demo/dual-equal__seed0.safetensors "
-        "--data .ssnbench-cache/<release> --out reports/robustness",
+        "results/demo/ssn-prior__seed0.safetensors results/demo/dual-prior__seed0.safetensors "
+        "--severities 3 --out reports/robustness",
     )
     robust.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="one or more <job>.safetensors")
     robust.add_argument("--data", default=None, metavar="RELEASE",

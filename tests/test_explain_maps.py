@@ -27,7 +27,7 @@ def _opened(model: torch.nn.Module) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def ssn() -> torch.nn.Module:
     torch.manual_seed(0)
-    return _opened(build_model("ssn", backbone="resnet18", image_size=32, kv_reduction=2, xattn_impl="sdpa"))
+    return _opened(build_model("ssn", backbone="test_resnet", image_size=32, kv_reduction=2, xattn_impl="sdpa"))
 
 
 def test_capture_attention_records_probabilities_per_stage(ssn) -> None:
@@ -48,10 +48,10 @@ def test_capture_attention_records_probabilities_per_stage(ssn) -> None:
 @pytest.mark.parametrize(
     ("arch", "options", "modalities"),
     [
-        ("ssn", {"backbone": "resnet18"}, {"clinic", "derm"}),
-        ("dual", {"backbone": "resnet18", "xattn": "separate"}, {"clinic", "derm"}),
-        ("single", {"backbone": "resnet18", "modality": "derm"}, {"derm"}),
-        ("ssn", {"backbone": "vit_tiny_patch16_224", "vit_stages": 2}, {"clinic", "derm"}),
+        ("ssn", {"backbone": "test_resnet"}, {"clinic", "derm"}),
+        ("dual", {"backbone": "test_resnet", "xattn": "separate"}, {"clinic", "derm"}),
+        ("single", {"backbone": "test_resnet", "modality": "derm"}, {"derm"}),
+        ("ssn", {"backbone": "test_vit", "vit_stages": 2}, {"clinic", "derm"}),
     ],
 )
 def test_grad_cam_per_modality_for_cnn_and_vit(arch, options, modalities) -> None:

@@ -81,7 +81,7 @@ def test_relative_drop_ci_carries_seed_variance() -> None:
 SUITE = """\
 name: rob
 dataset: {kind: synthetic, cases: 40, image_size: 32, source_size: 32, border_crop: 2}
-models: [{name: s, arch: single, options: {backbone: resnet18}}]
+models: [{name: s, arch: single, options: {backbone: test_resnet}}]
 """
 
 

@@ -252,28 +252,33 @@ def mean_relative_drop(
 ) -> dict[str, float]:
     """Mean over conditions of 1 − acc(condition)/acc(clean), with a two-level bootstrap CI.
 
-    `matrices`: one [1 + C, N] per-case score matrix per seed (row 0 clean), same cases. Resampling
-    seeds (with replacement), then test cases, carries training variance as well as test-set
-    variance (with one seed only the cases are resampled)."""
+    `matrices`: one [1 + C, N] per-case score matrix per seed (row 0 clean), same cases. The
+    resamples are `ssnbench.stats.resample_indices`' (seeds with replacement, then test cases, the
+    same cases for every drawn seed), so the CI carries training variance as well as test-set
+    variance, as every other CI of the report; with one seed only the cases are resampled. The
+    statistic is a ratio of means, so it is recomputed per resample rather than averaged per case."""
+    from ssnbench import stats
+
     stack = np.stack(matrices)  # [S, 1 + C, N]
 
     def stat(x: np.ndarray) -> np.ndarray:  # x: [..., 1 + C] accuracies
         return np.mean(1.0 - x[..., 1:] / np.maximum(x[..., :1], 1e-12), axis=-1)
 
     point = float(stat(stack.mean(axis=(0, 2))))
-    rng = np.random.default_rng(seed)
     s, _, n = stack.shape
-    seeds = rng.integers(0, s, size=(n_resamples, s)) if s > 1 else np.zeros((n_resamples, 1), dtype=int)
-    cases = rng.integers(0, n, size=(n_resamples, n))
-    per_seed = stack[seeds]  # [R, S, 1 + C, N]
-    acc = np.take_along_axis(per_seed, cases[:, None, None, :], axis=3).mean(axis=(1, 3))  # [R, 1 + C]
-    dist = stat(acc)
-    alpha = (1 - confidence) / 2
+    seeds, cases = stats.resample_indices(s, n, n_resamples, seed)
+    acc = np.empty((len(seeds), stack.shape[1]))  # [R, 1 + C] accuracies per resample
+    for start in range(0, len(seeds), 64):  # in chunks: [64, S, 1 + C, N] at a time, not [R, ...]
+        si, ci = seeds[start : start + 64], cases[start : start + 64]
+        picked = np.take_along_axis(stack[si], ci[:, None, None, :], axis=3)
+        acc[start : start + 64] = picked.mean(axis=(1, 3))
+    low, high = np.quantile(stat(acc), [(1 - confidence) / 2, (1 + confidence) / 2])
     return {
         "drop": point,
-        "ci_low": float(np.quantile(dist, alpha)),
-        "ci_high": float(np.quantile(dist, 1 - alpha)),
+        "ci_low": float(low),
+        "ci_high": float(high),
         "seeds": s,
+        "levels": "seeds+cases" if s > 1 else "cases",
         "conditions": int(stack.shape[1] - 1),
     }
 
