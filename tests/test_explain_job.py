@@ -38,6 +38,7 @@ def test_worker_entry_records_attribution_and_isolates_a_failing_analysis(
     assert record["status"] == "ok" and record["placement"]["launcher"] == "job"
     att = record["attribution"]
     assert att["variants"]["combined"]["pred"] == record["predictions"]["pred"]
-    assert set(att["variants"]) == {"combined", "no_clinic", "no_derm", "head_clinic", "head_derm", "head_fused"}
+    variants = {"combined", "no_clinic", "no_derm", "head_clinic", "head_derm", "head_fused"}
+    assert set(att["variants"]) == variants
     assert att["case_ids"] == record["predictions"]["case_ids"] and att["seconds"] > 0
     assert record["robustness"] == {"error": "RuntimeError: shift exploded"}

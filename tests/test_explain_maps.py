@@ -27,7 +27,8 @@ def _opened(model: torch.nn.Module) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def ssn() -> torch.nn.Module:
     torch.manual_seed(0)
-    return _opened(build_model("ssn", backbone="test_resnet", image_size=32, kv_reduction=2, xattn_impl="sdpa"))
+    model = build_model("ssn", backbone="test_resnet", image_size=32, kv_reduction=2, xattn_impl="sdpa")
+    return _opened(model)
 
 
 def test_capture_attention_records_probabilities_per_stage(ssn) -> None:
