@@ -940,8 +940,8 @@ def render_robustness(section: dict[str, Any], figures: dict[str, str]) -> str:
         + "; ".join(f"{k} ({v['description']}, {v['unit']})" for k, v in shifts.items())
         + f". Missing: the image replaced by {section.get('neutral_input')}. Mean relative drop: "
         "1 − accuracy(shifted)/accuracy(clean) averaged over every shift and severity (missing excluded), "
-        "with a 95% two-level bootstrap CI (seeds, then test cases). Evaluated without test-time "
-        "augmentation.\n\n"
+        "with a 95% two-level bootstrap CI (seeds, then test cases; a model with one seed: test cases only, "
+        "so the CI leaves out training variance). Evaluated without test-time augmentation.\n\n"
     )
     rows = []
     for m in models:

@@ -128,7 +128,9 @@ def test_job_hash_ignores_what_does_not_change_a_result() -> None:
 def fake_jobs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     ran: list[str] = []
 
-    def run_job(suite, job, data, device, env, profile, progress, out=None, tensorboard=None) -> dict:
+    def run_job(
+        suite, job, data, device, env, profile, progress, out=None, tensorboard=None, after_fit=None
+    ) -> dict:
         ran.append(job.id)
         failing = job.model.options.get("drop_rate") == 0.5  # how the tests below mark a failing model
         return {

@@ -87,7 +87,7 @@ def derm_lesion_masks(dataset: Any, root: str | Path | None = None) -> torch.Ten
     crop, size = int(dataset.border_crop), int(dataset.image_size)
     masks = []
     for _, derm in dataset.paths:
-        rel = Path(derm).relative_to(root / "images").as_posix()
+        rel = Path(derm).resolve().relative_to((root / "images").resolve()).as_posix()
         case = by_derm.get(rel)
         if case is None:
             raise DatasetError(f"{derm}: not a case of this synthetic release's plan")
