@@ -84,7 +84,7 @@ def test_gallery_writes_a_figure_per_case_and_an_index(ssn, tmp_path) -> None:
     assert pick_cases(data, ids=["c4", "c1"]) == [4, 1]
     with pytest.raises(UserError, match="'nope' is not in this split"):
         pick_cases(data, ids=["nope"])
-    index = write_gallery(ssn, data, [0, 1], tmp_path / "g", None, title="t")
+    index = write_gallery(ssn, data, [0, 1], tmp_path / "g", inference_weights=None, title="t")
     text = index.read_text()
     assert "| c0 | BCC |" in text and "| c1 | NEV |" in text and "log-sum-exp" in text
     assert (tmp_path / "g" / "case_c0.png").stat().st_size > 1000

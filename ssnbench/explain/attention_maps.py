@@ -174,7 +174,7 @@ def _taps(model: nn.Module) -> Iterator[list[tuple[nn.Module, tuple[str, ...]]]]
 
 
 def grad_cam(
-    model: nn.Module, clinic: Tensor, derm: Tensor, head: str, target: int, label_index: int = 0
+    model: nn.Module, clinic: Tensor, derm: Tensor, head: str, *, target: int, label_index: int = 0
 ) -> dict[str, Tensor]:
     """Grad-CAM (ReLU'd, upsampled to the image size, scaled to [0, 1] per image) of head `head`'s
     logit for class `target` of label `label_index` (0: DIAG), on each image the model reads:

@@ -66,8 +66,8 @@ def cli_explain(args: Any) -> int:
         dataset,
         indices,
         Path(args.out),
-        meta["inference_weights"],
-        device,
+        inference_weights=meta["inference_weights"],
+        device=device,
         title=f"ssnbench explain: {name}",
         source=f"Checkpoint `{args.checkpoint}` (model {meta['model'].get('name')!r}, arch "
         f"{meta['model'].get('arch')!r}), {args.split} split of `{release}`.",

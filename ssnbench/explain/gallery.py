@@ -81,6 +81,7 @@ def case_figure(
     dataset: Any,
     index: int,
     path: Path,
+    *,
     inference_weights: dict[str, float] | None,
     device: torch.device,
     heading: str = "",
@@ -102,7 +103,7 @@ def case_figure(
     combined = combine_probabilities(outputs, inference_weights)
     pred = [int(p.argmax(-1)) for p in combined]
     heads = list(outputs)
-    cams = {h: grad_cam(model, clinic, derm, h, int(outputs[h][0].argmax(-1))) for h in heads}
+    cams = {h: grad_cam(model, clinic, derm, h, target=int(outputs[h][0].argmax(-1))) for h in heads}
     rows = [m for m in MODALITIES if any(m in c for c in cams.values())]
     images = {m: pair[i].permute(1, 2, 0).numpy() for i, m in enumerate(MODALITIES)}
     cols = 1 + len(maps.stages) + len(heads)
@@ -169,6 +170,7 @@ def write_gallery(
     dataset: Any,
     indices: Sequence[int],
     out: Path,
+    *,
     inference_weights: dict[str, float] | None,
     device: torch.device | str = "cpu",
     title: str = "",
@@ -183,7 +185,8 @@ def write_gallery(
     rows = []
     for i in indices:
         name = f"case_{_slug(str(dataset.case_ids[i]))}.png"
-        rows.append(case_figure(model, dataset, i, out / name, inference_weights, device))
+        row = case_figure(model, dataset, i, out / name, inference_weights=inference_weights, device=device)
+        rows.append(row)
     lines = [f"# {title or 'ssnbench explain'}", ""]
     if source:
         lines += [source, ""]

@@ -92,7 +92,7 @@ def derm_lesion_masks(dataset: Any, root: str | Path | None = None) -> torch.Ten
         if case is None:
             raise DatasetError(f"{derm}: not a case of this synthetic release's plan")
         rng = np.random.default_rng([int(info["seed"]), 1, case.index])  # render_pair's first draws
-        _, alpha, _ = synthetic.render_lesion(rng, case.shown, case.shown_raw, x, y, design.derm)
+        _, alpha, _ = synthetic.render_lesion(rng, case.shown, case.shown_raw, x=x, y=y, vis=design.derm)
         img = Image.fromarray((np.clip(alpha, 0, 1) * 255).astype(np.uint8))
         img = img.crop((crop, crop, src - crop, src - crop)).resize((size, size), Image.BILINEAR)
         masks.append(torch.from_numpy(np.asarray(img) > 127))
