@@ -79,7 +79,7 @@ models: [{name: ssn, arch: ssn, options: {backbone: test_resnet}}]
 def _only_with_slow(request: pytest.FixtureRequest) -> None:
     markexpr = request.config.getoption("markexpr") or ""
     if "slow" not in markexpr or "not slow" in markexpr:
-        pytest.skip("trains a model (about a minute on 2 idle cores): run `make test-slow`")
+        pytest.skip("trains a small SSN (5.4 min on the shared 2-core machine at load 15): `make test-slow`")
 
 
 @pytest.fixture(scope="module")
