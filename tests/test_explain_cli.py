@@ -26,7 +26,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ssnbench.config import load
     from ssnbench.data.synthetic import generate
     from ssnbench.models.registry import build_model
-    from ssnbench.runner import heads_of, plan, resolve_weights, write_checkpoint
+    from ssnbench.runner import heads_of, model_data_config, plan, resolve_weights, write_checkpoint
 
     tmp = tmp_path_factory.mktemp("x")
     release = generate(tmp / "data", cases=40, seed=0, image_size=32)
@@ -42,6 +42,18 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "inference_weights": infer_w,
         "inference_scheme": scheme,
         "dataset": {"kind": "synthetic", "root": str(release), "splits": {}},
+        "data_config": {  # what runner.apply_data_config records
+            "image_size": 32,
+            "border_crop": 2,
+            "drop_no_clinic": False,
+            "mean": list(model_data_config(job.model)["mean"]),
+            "std": list(model_data_config(job.model)["std"]),
+            "interpolation": "bicubic",
+            "eval_batch_size": 16,
+            "amp": False,
+            "channels_last": False,
+            "tta": None,
+        },
         "metrics": {},
         "valid_metrics": {},
         "best_epoch": 0,
