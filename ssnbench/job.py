@@ -217,7 +217,7 @@ def end_of_job(
     standing, as a failed profile does."""
 
     def after_fit(model: torch.nn.Module, record: ResultRecord) -> None:
-        from ssnbench.explain import attribution, robustness  # noqa: PLC0415
+        from ssnbench.explain import attribution, robustness
 
         test = data.datasets["test"]
         kw = {
@@ -240,7 +240,7 @@ def end_of_job(
 def _isolated(fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
     try:
         return fn(*args, **kwargs)
-    except Exception as err:  # noqa: BLE001 - isolation, as for the profile
+    except Exception as err:  # isolation, as for the profile
         return {"error": f"{type(err).__name__}: {err}"}
 
 

@@ -88,8 +88,9 @@ def trained(
 ) -> tuple[dict, Path, Path]:
     """(result record, checkpoint, release) of a small SSN trained through the runner."""
     from ssnbench.config import load
+    from ssnbench.data.cache import synthetic_root
+    from ssnbench.driver import run_suite
     from ssnbench.results import read_result
-    from ssnbench.runner import run_suite, synthetic_root
 
     _only_with_slow(request)
     tmp = tmp_path_factory.mktemp("trained")

@@ -106,7 +106,8 @@ def test_robustness_suite_key(tmp_path) -> None:
 
 
 def test_suite_key_adds_robustness_to_records_and_report(tmp_path, monkeypatch) -> None:
-    from ssnbench.runner import read_result, run_suite
+    from ssnbench.driver import run_suite
+    from ssnbench.results import read_result
 
     monkeypatch.setenv("SSNBENCH_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "s.yaml"

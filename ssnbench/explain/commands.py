@@ -12,10 +12,10 @@ import os
 # Before torch loads OpenMP (as in runner.py): idle threads sleep instead of spinning on a busy machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from pathlib import Path
+from typing import Any
 
-from ssnbench.errors import UserError  # noqa: E402
+from ssnbench.errors import UserError
 
 __all__ = ["cli_explain", "cli_robustness", "open_checkpoint"]
 
