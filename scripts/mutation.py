@@ -252,13 +252,15 @@ def main() -> int:
         globs = [g for scope in scopes for g in globs_of(scope)]
         t0 = time.perf_counter()
         print(f"== mutmut run: {len(globs)} globs/names over {', '.join(scopes)}", flush=True)
-        code = subprocess.call(
-            [str(mutmut), "run", "--max-children", str(args.jobs), *globs],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-        )
-        print(f"== exit {code}, {time.perf_counter() - t0:.0f}s", flush=True)
+        log = ROOT / "mutants" / "run.log"  # mutmut's own output (a spinner per step; its errors)
+        log.parent.mkdir(exist_ok=True)
+        with log.open("w") as out:
+            argv = [str(mutmut), "run", "--max-children", str(args.jobs), *globs]
+            code = subprocess.call(argv, cwd=ROOT, stdout=out, stderr=out)
+        print(f"== exit {code}, {time.perf_counter() - t0:.0f}s (output: mutants/run.log)", flush=True)
         if code != 0:
+            tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-5:]
+            print("\n".join(line for line in tail if line.strip()), file=sys.stderr)
             return code
     print(table(scopes))
     if args.table or args.only:
