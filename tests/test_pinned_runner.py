@@ -307,3 +307,37 @@ def test_job_hash_covers_test_time_augmentation() -> None:
     flips = _hashes(dataclasses.replace(SUITE, eval=EvalSpec(tta="flips")))
     assert all(flips[j] != base[j] for j in base)
     assert _hashes(dataclasses.replace(SUITE, eval=EvalSpec(tta=None))) == base  # the default: as before
+
+
+def test_previous_result_says_why_a_job_runs_again(fake_jobs: list[str], tmp_path: Path) -> None:
+    """The driver's resume decision itself (the launchers check again after claiming a job, which
+    hides a wrong decision from the run-level tests above): what is kept, and the reason shown."""
+    out = tmp_path / "results"
+    broken = dataclasses.replace(SUITE.models[1], options={**SUITE.models[1].options, "drop_rate": 0.5})
+    suite = dataclasses.replace(SUITE, models=(SUITE.models[0], broken), seeds=(0,))
+    _run(suite, out)
+    ok, failed = plan(suite)
+    assert runner.previous_result(suite, ok, tmp_path / "elsewhere", force=False) == (None, None)  # missing
+
+    prev, why = runner.previous_result(suite, ok, out, force=False)
+    assert prev is not None and prev["job"] == ok.id and why is None  # finished: kept
+    assert runner.previous_result(suite, ok, out, force=True) == (prev, "re-run requested (--force)")
+    prev_failed, why = runner.previous_result(suite, failed, out, force=False)
+    assert prev_failed is not None and prev_failed["status"] == "failed" and why == "a failed run"
+    image = dataclasses.replace(suite, dataset=dataclasses.replace(suite.dataset, image_size=48))
+    assert runner.previous_result(image, ok, out, force=False) == (
+        prev, "its suite entry changed since it was written (stale)"
+    )
+
+    path = result_path(out, ok)
+    path.write_text("{ half a file")
+    prev, why = runner.previous_result(suite, ok, out, force=False)
+    assert prev is None and why and "JSON" in why and not why.startswith(str(path))  # one reason, no path
+
+
+def test_job_hash_ignores_the_order_of_keys_in_the_suite() -> None:
+    """YAML key order means nothing: reordering a model's options keeps every result."""
+    model = SUITE.models[1]
+    reordered = dataclasses.replace(model, options=dict(reversed(list(model.options.items()))))
+    assert list(reordered.options) != list(model.options)
+    assert job_hash(SUITE, Job(reordered, 1, 0)) == job_hash(SUITE, Job(model, 1, 0))

@@ -85,3 +85,10 @@ def test_ties_keep_the_earlier_epoch() -> None:
     model, result = _fit({1, 2})  # epochs 1 and 2 are equally good; the last (3) is not
     assert result.best_epoch == 1 and int(model.steps) == 1
     assert result.test_metrics["acc_avg"] == 1.0 and len(result.history) == 3
+
+
+def test_fit_reports_its_train_and_test_time() -> None:
+    """The timings every result record and the report's cost table carry."""
+    _, result = _fit({2})
+    assert result.train_seconds >= sum(row["seconds"] for row in result.history) > 0
+    assert result.test_seconds > 0
