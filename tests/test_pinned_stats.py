@@ -133,3 +133,20 @@ def test_sign_flip_mcnemar_and_holm_by_hand() -> None:
     assert (out["a_only"], out["b_only"]) == (10, 2)
     assert out["p_value"] == pytest.approx(2 * (1 + 12 + 66) / 4096)  # 2·P(X <= 2), X ~ Bin(12, 1/2)
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_paired_seed_picks_the_bootstrap_resamples() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.random(60)
+    b = a - 0.1 * rng.random(60)  # continuous scores: every resample set gives other quantiles
+    one, other = paired_difference(a, b, seed=0).diff, paired_difference(a, b, seed=1).diff
+    assert one.estimate == other.estimate and (one.low, one.high) != (other.low, other.high)
+    assert paired_difference(a, b, seed=1).diff == other  # and the same seed, the same interval
+
+
+def test_unpaired_comparison_has_the_same_degenerate_cases() -> None:
+    one = paired_difference(np.array([1.0]), np.array([0.0]), paired=False).diff
+    assert (one.estimate, one.confidence, one.levels, one.n_seeds, one.n_cases) == (1.0, 0.95, "none", 1, 1)
+    assert np.isnan(one.low) and np.isnan(one.high)
+    two = paired_difference(np.array([1.0, 0.0]), np.array([0.0, 0.0]), paired=False).diff
+    assert two.levels == "cases" and two.low <= 0.5 <= two.high  # two cases: an interval
