@@ -74,3 +74,30 @@ def test_summarize_pairs_seeds_and_holm_adjusts(toy) -> None:
     assert text.startswith("## Modality attribution") and "clinical photo withheld" in text
     assert "| toy | clinical photo withheld |" in text and "figures/attribution.png" in text
     assert "No two-image model" in render_attribution(attribution.summarize(records[2:]), {})
+
+
+def test_summarize_reads_undefined_rates_back_from_json(toy, tmp_path) -> None:
+    """A rate with no case to count (heads that never disagree) is NaN in memory and null in the
+    result file: the report must read it back, not trace back (found by scripts/bench_launchers.py)."""
+    import copy
+    import json
+
+    from ssnbench.results import SCHEMA_VERSION, write_result
+
+    data, model = toy
+    att = attribution.compute(model, data, {"clinic": 0.2, "derm": 0.5, "fused": 0.3})
+    undefined = copy.deepcopy(att)
+    undefined["disagreement"]["per_label"]["DIAG"]["right"]["derm"] = float("nan")
+    path = tmp_path / "toy__seed1.json"
+    failed = {"status": "failed", "error": {"type": "X", "message": "only the writer is tested"}}
+    model = {"name": "toy", "arch": "ssn"}
+    ident = {"schema": SCHEMA_VERSION, "suite": "t", "job": "toy__seed1", "model": model}
+    write_result(path, {**_record(undefined, 1), **failed, **ident})
+    assert "NaN" not in path.read_text() and json.loads(path.read_text())
+    back = json.loads(path.read_text())["attribution"]
+    assert back["disagreement"]["per_label"]["DIAG"]["right"]["derm"] is None
+    summary = attribution.summarize([_record(att, 0), _record(back, 1)])
+    right = summary["models"][0]["disagreement"]["DIAG_right"]
+    assert right["derm"] == att["disagreement"]["per_label"]["DIAG"]["right"]["derm"]  # seed 0 only
+    all_undefined = attribution.summarize([_record(back, 1)])
+    assert np.isnan(all_undefined["models"][0]["disagreement"]["DIAG_right"]["derm"])

@@ -123,6 +123,13 @@ def compute(
 # Across seeds: the report's numbers
 
 
+def _nanmean(values: list[float | None]) -> float:
+    """Mean over the seeds that have a value: an undefined rate (no case where the heads disagree)
+    is NaN in memory and null in the result file, and neither counts."""
+    kept = [float(v) for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
+
+
 def _scores(att: dict, variant: str, order: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
     """Per-case (average over the 8 labels, DIAG) correctness of one variant."""
     correct = _unpack(att["variants"][variant]["pred"]) == _unpack(att["labels"])
@@ -195,12 +202,7 @@ def summarize(records: list[dict]) -> dict[str, Any]:
             "DIAG_rate": float(np.mean([d["rate"] for d in diag])),
             "rate_avg": float(np.mean([d["rate_avg"] for d in dis])),
             "cases_any_label": float(np.mean([d["cases_any_label"] for d in dis])),
-            "DIAG_right": {
-                h: float(np.nanmean([d["right"][h] for d in diag]))
-                if any(not math.isnan(d["right"][h]) for d in diag)
-                else math.nan
-                for h in heads
-            },
+            "DIAG_right": {h: _nanmean([d["right"][h] for d in diag]) for h in heads},
         }
         models.append(
             {
