@@ -299,7 +299,9 @@ def replace_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> No
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        mode = os.stat(tmp).st_mode & 0o777
         write(tmp)
+        os.chmod(tmp, mode)  # writers that replace the file (safetensors does) leave it 0600
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)

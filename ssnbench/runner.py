@@ -159,6 +159,7 @@ def open_data(
     """Load (generating if synthetic) the release once per suite and resize interpolation (the
     backbones' timm data config); every job reuses the datasets and sets their normalisation."""
     from ssnbench.data.derm7pt import load_release, make_datasets
+    from ssnbench.data.synthetic import generator_args
 
     if spec.kind == "synthetic":
         t0 = time.perf_counter()
@@ -179,8 +180,11 @@ def open_data(
     )
     train_labels = np.asarray(datasets["train"].labels, dtype=np.int64)
     test_labels = np.asarray(datasets["test"].labels, dtype=np.int64)
+    # A release the synthetic generator wrote stays synthetic when a suite reads it as derm7pt
+    # (e.g. through DERM7PT_ROOT): its marker says so, and every report must say so too.
+    generated = generator_args(release.root)
     info = {
-        "kind": "SYNTHETIC" if spec.kind == "synthetic" else "REAL",
+        "kind": "SYNTHETIC" if spec.kind == "synthetic" or generated is not None else "REAL",
         "root": str(root),
         "splits": {k: len(v) for k, v in datasets.items()},
         "image_size": spec.image_size,
@@ -190,9 +194,14 @@ def open_data(
         "no_clinic_rows": list(getattr(release, "no_clinic_rows", []) or []),
         "majority": majority_baseline(train_labels, test_labels),
     }
-    if spec.kind == "synthetic":
-        info["synthetic"] = {"cases": spec.cases, "seed": spec.seed, "source_size": spec.source_size}
-        planted = Path(root) / "meta" / "planted.json"
+    if spec.kind == "synthetic" or generated is not None:
+        info["synthetic"] = (
+            {"cases": spec.cases, "seed": spec.seed, "source_size": spec.source_size}
+            if spec.kind == "synthetic"
+            else {"cases": generated.get("cases"), "seed": generated.get("seed"),
+                  "source_size": generated.get("image_size")}
+        )
+        planted = Path(release.root) / "meta" / "planted.json"
         if planted.is_file():  # the ground truth the report's Claims section compares verdicts with
             info["synthetic"]["planted"] = json.loads(planted.read_text())
     return Data(datasets, info)

@@ -147,3 +147,29 @@ def test_planted_json_and_label_statistics_do_not_depend_on_the_design(tmp_path)
         PlantedDesign.from_overrides({"derm": {"XYZ": 1.0}})
     with pytest.raises(Exception, match=r"planted\.clinic_extra: expected a number in \[0, 1\]"):
         PlantedDesign.from_overrides({"clinic_extra": 2})
+
+
+def test_a_generated_release_read_as_derm7pt_stays_synthetic(tmp_path):
+    # Pointing a derm7pt suite (DERM7PT_ROOT) at generated data must not turn it into "REAL" data in
+    # the results and reports; the real release (no generator marker) stays REAL.
+    import shutil
+
+    from ssnbench.config import DatasetSpec
+    from ssnbench.data.synthetic import MARKER, generator_args
+    from ssnbench.runner import open_data
+
+    root = generate(tmp_path / "gen", cases=24, seed=5, image_size=24)
+    spec = DatasetSpec(kind="derm7pt", root=str(root.parent), image_size=16, border_crop=0)
+    info = open_data(spec).info
+    assert info["kind"] == "SYNTHETIC"
+    assert info["synthetic"]["cases"] == 24 and info["synthetic"]["seed"] == 5
+    assert info["synthetic"]["source_size"] == 24 and "planted" in info["synthetic"]
+
+    real = tmp_path / "real" / "release_v0"
+    shutil.copytree(root, real)
+    (real / "meta" / MARKER).unlink()
+    assert generator_args(real) is None
+    info = open_data(DatasetSpec(kind="derm7pt", root=str(real), image_size=16, border_crop=0)).info
+    assert info["kind"] == "REAL" and "synthetic" not in info
+    (real / "meta" / MARKER).write_text('{"generator": "someone else"}')
+    assert generator_args(real) is None

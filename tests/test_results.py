@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import save_model
 
 from ssnbench.results import (
     SCHEMA_VERSION,
@@ -20,6 +22,7 @@ from ssnbench.results import (
     pack_classes,
     pack_probs,
     read_result,
+    replace_atomic,
     scan_results,
     unpack_classes,
     unpack_probs,
@@ -151,12 +154,25 @@ def test_atomic_writer_honours_the_umask(tmp_path: Path, umask: int, mode: int) 
         write_atomic(tmp_path / "a.md", "text")
         write_json_atomic(tmp_path / "b.json", {"x": 1})
         write_atomic(tmp_path / "c.png", b"\x89PNG")
+        # A writer that replaces the temp file with a private one, as safetensors' save_model does:
+        # the checkpoint must still be readable by whoever may read the results.
+        replace_atomic(tmp_path / "d.safetensors", _private_writer)
+        replace_atomic(tmp_path / "e.safetensors", lambda tmp: save_model(torch.nn.Linear(2, 1), str(tmp)))
     finally:
         os.umask(old)
-    for name in ("a.md", "b.json", "c.png"):
-        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode
+    for name in ("a.md", "b.json", "c.png", "d.safetensors", "e.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
     assert (tmp_path / "c.png").read_bytes() == b"\x89PNG"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.md", "b.json", "c.png"]  # no temp files
+    assert (tmp_path / "d.safetensors").read_bytes() == b"weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.md", "b.json", "c.png", "d.safetensors", "e.safetensors"]  # no temp files
+
+
+def _private_writer(tmp: Path) -> None:
+    fresh = tmp.with_name(tmp.name + ".new")
+    os.close(os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    fresh.write_bytes(b"weights")
+    os.replace(fresh, tmp)
 
 
 def test_interrupted_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

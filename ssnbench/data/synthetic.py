@@ -878,6 +878,16 @@ def planted_truth(plan: list[SyntheticCase], design: PlantedDesign) -> dict[str,
     }
 
 
+def generator_args(root: str | Path) -> dict[str, object] | None:
+    """The arguments this generator wrote `root` (a release folder) with, or None when it did not
+    write it (no readable marker): how a reader tells a synthetic release from the real one."""
+    try:
+        args = json.loads((Path(root) / "meta" / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return args if isinstance(args, dict) and args.get("generator") == "ssnbench.data.synthetic" else None
+
+
 def generate(out: str | Path, cases: int = 1011, seed: int = 0, image_size: int = 128,
              planted: Mapping[str, object] | None = None) -> Path:
     """Write a synthetic dataset to `out/release_v0/` and return that path.
