@@ -173,3 +173,33 @@ def test_a_generated_release_read_as_derm7pt_stays_synthetic(tmp_path):
     assert info["kind"] == "REAL" and "synthetic" not in info
     (real / "meta" / MARKER).write_text('{"generator": "someone else"}')
     assert generator_args(real) is None
+
+
+def test_elevation_is_drawn_given_diag_and_the_pigment_network(tmp_path):
+    # The clinical-only cue that tells a criterion (docs/planted.md): among nevi, raised lesions are
+    # mostly those without a network. Counted on the full-size plan, so the margin is not chance.
+    import json
+
+    from ssnbench.data.synthetic import ELEVATIONS, elevation_probs
+
+    nev, pn = CLASSES["DIAG"].index("NEV"), LABELS.index("PN")
+    nevi = [c for c in plan_cases(1011, 0) if c.shown[0] == nev]
+
+    def raised(pn_class: str) -> float:
+        rows = [c for c in nevi if CLASSES["PN"][c.shown[pn]] == pn_class]
+        return float(np.mean([c.elevation > 0 for c in rows]))
+
+    assert raised("ABS") > raised("TYP") + 0.3
+    p_abs, p_typ = elevation_probs(nev, 0), elevation_probs(nev, 1)
+    assert p_abs.sum() == pytest.approx(1.0) and len(p_abs) == len(ELEVATIONS)
+    assert 1 - p_abs[0] == pytest.approx(raised("ABS"), abs=0.1)
+    assert 1 - p_typ[0] == pytest.approx(raised("TYP"), abs=0.1)
+    # The ground truth says so, and says nothing of it once the clinical photo carries nothing extra.
+    def truth(name: str, **planted) -> dict:
+        root = generate(tmp_path / name, cases=20, image_size=24, planted=planted or None)
+        return json.loads((root / "meta" / "planted.json").read_text())
+
+    default, flat = truth("default"), truth("flat", clinic_extra=0)
+    assert default["clinic_only_cues"]["informs"] == ["DIAG", "PN"]
+    assert {"DIAG", "PN", "VS"} <= set(default["expected"]["clinic_extra_labels"])
+    assert flat["clinic_only_cues"]["informs"] == [] and flat["expected"]["clinic_extra_labels"] == []

@@ -49,7 +49,9 @@ from ssnbench.data.derm7pt import LABEL_COLUMNS, META_COLUMNS, RAW_VALUES
 from ssnbench.data.labels import CLASSES, LABELS
 from ssnbench.errors import ConfigError, DatasetError
 
-GENERATOR_VERSION = 2  # 2: planted per-modality visibility and clinical-only cues
+# 2: planted per-modality visibility and clinical-only cues; 3: the DIAG look drawn in the clinical
+# photo only, elevation drawn given DIAG and PN
+GENERATOR_VERSION = 3
 PLANTED = "planted.json"  # in meta/: the planted ground truth (see `planted_truth`)
 MARKER = ".synthetic.json"  # in meta/: lets `generate` recognise (and only ever replace) its own output
 JPEG_QUALITY = 90
@@ -96,14 +98,14 @@ ELEVATIONS = ("flat", "palpable", "nodular")
 #: Default visibility of each label in dermoscopy. Why these values: dermoscopy shows the fine
 #: criteria (network, dots, streaks, blotches, regression, veil) fully; contact dermoscopy blanches
 #: vessels under pressure (VS not shown); the DIAG-specific look (colour, nests, ridges, shape) is
-#: drawn at 20% strength so that the diagnosis has to be inferred partly from the criteria and from
-#: what only the clinical photo shows.
-DERM_VISIBILITY: dict[str, float] = {"DIAG": 0.2, "PN": 1.0, "BWV": 1.0, "VS": 0.0, "PIG": 1.0, "STR": 1.0,
+#: not drawn, so that dermoscopy tells the diagnosis only through the criteria and the clinical
+#: photo (which draws that look, and has the clinical-only cues) adds to it.
+DERM_VISIBILITY: dict[str, float] = {"DIAG": 0.0, "PN": 1.0, "BWV": 1.0, "VS": 0.0, "PIG": 1.0, "STR": 1.0,
                                      "DaG": 1.0, "RS": 1.0}
 #: Default visibility in the clinical photo (drawn before the clinic's smaller scale and blur, which
 #: remove most fine detail anyway): colour-level structures (vessels, also as a red blush; veil,
 #: blotches, the DIAG colour) are visible, fine structures barely.
-CLINIC_VISIBILITY: dict[str, float] = {"DIAG": 0.5, "PN": 0.2, "BWV": 0.6, "VS": 1.0, "PIG": 0.5, "STR": 0.3,
+CLINIC_VISIBILITY: dict[str, float] = {"DIAG": 1.0, "PN": 0.2, "BWV": 0.6, "VS": 1.0, "PIG": 0.5, "STR": 0.3,
                                        "DaG": 0.2, "RS": 0.4}
 #: Clinical-only cues, by DIAG (BCC, NEV, MEL, MISC, SK): median lesion diameter (mm; log-normal,
 #: sigma SIZE_SIGMA), P(elevation), P(body site) over LOCATIONS. Invented but plausible orderings
@@ -120,6 +122,10 @@ LOCATION_GIVEN_DIAG: tuple[tuple[float, ...], ...] = (
     (.34, .26, .06, .10, .08, .08, .06, .01, .01),
     (.08, .52, .06, .18, .04, .06, .03, .02, .01),
     (.30, .04, .10, .04, .26, .24, .00, .01, .01))
+#: Elevation also tells the pigment network (clinical only: dermoscopy flattens the lesion): raised,
+#: dermal or papillomatous lesions seldom show a network, flat junctional ones often do. P(elevation |
+#: DIAG, PN) is ELEVATION_GIVEN_DIAG times these factors (by PN class: ABS, TYP, ATP), renormalised.
+ELEVATION_FACTOR_GIVEN_PN: tuple[tuple[float, ...], ...] = ((0.3, 1.0, 3.0), (3.0, 1.0, 0.2), (1.5, 1.5, 0.4))
 #: Background context a body site shows in the clinical photo: hair density, acral ridges.
 SITE_HAIR = {"head neck": 1.0, "upper limbs": 0.6, "lower limbs": 0.6, "chest": 0.2}
 SITE_RIDGES = {"acral"}
@@ -294,7 +300,9 @@ def plan_cases(cases: int = 1011, seed: int = 0, label_noise: float = LABEL_NOIS
     crng = np.random.default_rng([seed, 3])
     shown_diag = shown[:, 0]
     size_mm = np.exp(np.log(np.asarray(SIZE_MM)[shown_diag]) + SIZE_SIGMA * crng.standard_normal(cases))
-    elevation = [int(crng.choice(3, p=ELEVATION_GIVEN_DIAG[d])) for d in shown_diag]
+    shown_pn = shown[:, LABELS.index("PN")]
+    elevation = [int(crng.choice(3, p=elevation_probs(d, pn)))
+                 for d, pn in zip(shown_diag, shown_pn, strict=True)]
     site_p = np.asarray(LOCATION_GIVEN_DIAG) / np.sum(LOCATION_GIVEN_DIAG, axis=1, keepdims=True)
     site = [int(crng.choice(len(LOCATIONS), p=site_p[d])) for d in shown_diag]
     out = []
@@ -309,6 +317,12 @@ def plan_cases(cases: int = 1011, seed: int = 0, label_noise: float = LABEL_NOIS
                                  tuple(raw[i]), tuple(shown_raw[i]), clinic, derm, split_of[i],
                                  float(size_mm[i]), elevation[i], site[i]))
     return out
+
+
+def elevation_probs(diag: int, pn: int) -> np.ndarray:
+    """P(elevation | DIAG, PN) over ELEVATIONS: the DIAG table times the PN factors, renormalised."""
+    p = np.asarray(ELEVATION_GIVEN_DIAG[diag]) * np.asarray(ELEVATION_FACTOR_GIVEN_PN[pn])
+    return p / p.sum()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -850,9 +864,10 @@ def ceilings(plan: list[SyntheticCase], split: str | None = None) -> dict[str, f
 def planted_truth(plan: list[SyntheticCase], design: PlantedDesign) -> dict[str, object]:
     """`meta/planted.json`: the design and what it implies (read by the report's Claims section)."""
     eff = design.effective_clinic()
-    # Labels the clinical photo tells more about than dermoscopy: visibility above derm's, and DIAG
-    # through the clinical-only cues.
-    extra_labels = [k for k in LABELS if eff[k] > design.derm[k] or (k == "DIAG" and design.clinic_extra > 0)]
+    # Labels the clinical photo tells more about than dermoscopy: visibility above derm's, and the
+    # labels the clinical-only cues are drawn from (DIAG; PN through elevation).
+    informs = ["DIAG", "PN"] if design.clinic_extra > 0 else []
+    extra_labels = [k for k in LABELS if eff[k] > design.derm[k] or k in informs]
     return {
         "generator_version": GENERATOR_VERSION,
         "design": design.to_dict(),
@@ -860,10 +875,14 @@ def planted_truth(plan: list[SyntheticCase], design: PlantedDesign) -> dict[str,
         "clinic_only_cues": {
             "strength": design.clinic_extra,
             "cues": ["absolute lesion size (clinic scale)", "elevation shading", "body-site context"],
-            "informs": ["DIAG"] if design.clinic_extra > 0 else [],
+            "informs": informs,
             "size_mm_median_by_diag": dict(zip(CLASSES["DIAG"], SIZE_MM, strict=True)),
             "elevation_given_diag": {d: dict(zip(ELEVATIONS, p, strict=True))
                                      for d, p in zip(CLASSES["DIAG"], ELEVATION_GIVEN_DIAG, strict=True)},
+            "elevation_factor_given_pn": {
+                c: dict(zip(ELEVATIONS, f, strict=True))
+                for c, f in zip(CLASSES["PN"], ELEVATION_FACTOR_GIVEN_PN, strict=True)
+            },
             "location_given_diag": {d: dict(zip(LOCATIONS, p, strict=True))
                                     for d, p in zip(CLASSES["DIAG"], LOCATION_GIVEN_DIAG, strict=True)},
         },
