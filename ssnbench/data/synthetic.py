@@ -864,10 +864,11 @@ def ceilings(plan: list[SyntheticCase], split: str | None = None) -> dict[str, f
 def planted_truth(plan: list[SyntheticCase], design: PlantedDesign) -> dict[str, object]:
     """`meta/planted.json`: the design and what it implies (read by the report's Claims section)."""
     eff = design.effective_clinic()
-    # Labels the clinical photo tells more about than dermoscopy: visibility above derm's, and the
-    # labels the clinical-only cues are drawn from (DIAG; PN through elevation).
+    # Labels the clinical photo tells more about than dermoscopy: visibility above derm's, and DIAG
+    # through the clinical-only cues. Not PN: elevation is drawn from the PN class the dermoscopy
+    # image shows in full, so it is a second cue to it (`informs`), not information dermoscopy lacks.
     informs = ["DIAG", "PN"] if design.clinic_extra > 0 else []
-    extra_labels = [k for k in LABELS if eff[k] > design.derm[k] or k in informs]
+    extra_labels = [k for k in LABELS if eff[k] > design.derm[k] or (k == "DIAG" and design.clinic_extra > 0)]
     return {
         "generator_version": GENERATOR_VERSION,
         "design": design.to_dict(),
