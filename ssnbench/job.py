@@ -77,14 +77,13 @@ def find_job(suite: Suite, job_id: str) -> runner_mod.Job:
 
 def finished_elsewhere(suite: Suite, job: runner_mod.Job, out: Path, opts: RunOptions) -> bool:
     """After claiming: did another run finish this job meanwhile (so we must not train it again)?"""
-    path = runner_mod.result_path(out, job)
-    prev = read_result(path)
-    if prev is None or prev.get("status") != "ok" or prev.get("job_hash") != runner_mod.job_hash(suite, job):
+    prev, why_rerun = runner_mod.previous_result(suite, job, out, force=False)  # the one resume rule
+    if prev is None or why_rerun is not None:
         return False
     if not opts.force:
         return True
-    try:
-        return path.stat().st_mtime >= opts.since  # --force: only a result written during this run
+    try:  # --force: only a result written during this run
+        return runner_mod.result_path(out, job).stat().st_mtime >= opts.since
     except OSError:
         return False
 
