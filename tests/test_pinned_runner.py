@@ -309,6 +309,20 @@ def test_job_hash_covers_test_time_augmentation() -> None:
     assert _hashes(dataclasses.replace(SUITE, eval=EvalSpec(tta=None))) == base  # the default: as before
 
 
+def test_job_hash_covers_the_robustness_evaluation() -> None:
+    # The robustness table is part of a result: turning it on or changing its shifts, severities or
+    # seed must re-run the job; suites without it keep their hashes.
+    from ssnbench.config import RobustnessSpec
+
+    base = _hashes(SUITE)
+    assert _hashes(dataclasses.replace(SUITE, robustness=RobustnessSpec(enabled=False, severities=3))) == base
+    on = _hashes(dataclasses.replace(SUITE, robustness=RobustnessSpec(enabled=True)))
+    assert all(on[j] != base[j] for j in base)
+    for change in ({"shifts": ("blur",)}, {"severities": 3}, {"seed": 1}):
+        other = _hashes(dataclasses.replace(SUITE, robustness=RobustnessSpec(enabled=True, **change)))
+        assert all(other[j] != on[j] for j in on), change
+
+
 def test_previous_result_says_why_a_job_runs_again(fake_jobs: list[str], tmp_path: Path) -> None:
     """The driver's resume decision itself (the launchers check again after claiming a job, which
     hides a wrong decision from the run-level tests above): what is kept, and the reason shown."""

@@ -150,3 +150,43 @@ def test_unpaired_comparison_has_the_same_degenerate_cases() -> None:
     assert np.isnan(one.low) and np.isnan(one.high)
     two = paired_difference(np.array([1.0, 0.0]), np.array([0.0, 0.0]), paired=False).diff
     assert two.levels == "cases" and two.low <= 0.5 <= two.high  # two cases: an interval
+
+
+def test_unpaired_interval_fields_centre_and_seed() -> None:
+    # The unpaired comparison (the reference the paired CI is measured against) is a difference of
+    # independent two-level bootstraps: centred on A - B, labelled by its levels, seeded.
+    rng = np.random.default_rng(1)
+    a = rng.random((2, 80))
+    b = rng.random((2, 80))
+    out = paired_difference(a, b, confidence=0.9, paired=False, seed=3).diff
+    assert out.estimate == pytest.approx(a.mean() - b.mean())
+    assert out.low < out.estimate < out.high and out.high - out.low < 0.2
+    assert (out.confidence, out.levels, out.n_seeds, out.n_cases) == (0.9, "seeds+cases", 2, 80)
+    assert paired_difference(a[:1], b[:1], paired=False).diff.levels == "cases"  # one seed
+    same = paired_difference(a, a, paired=False).diff  # identical models: the CI straddles 0
+    assert same.low < 0 < same.high and abs(same.low + same.high) < 0.05
+    assert paired_difference(a, b, confidence=0.9, paired=False, seed=3).diff == out  # same seed, same CI
+    other = paired_difference(a, b, confidence=0.9, paired=False, seed=4).diff
+    assert (other.low, other.high) != (out.low, out.high)
+
+
+def test_sign_flip_monte_carlo_counts_every_pattern_once() -> None:
+    from ssnbench.stats import sign_flip_test
+
+    # Mean 0: every random pattern is as extreme, so p is exactly (1 + R) / (1 + R) = 1. R = 2500
+    # spans three chunks of 1000 (the last one partial), so every pattern is drawn exactly once.
+    zero_mean = np.tile([1.0, -1.0], 10)
+    assert sign_flip_test(zero_mean, n_permutations=2500) == (1.0, 2500)
+    # All of one sign: (practically) no random pattern is as extreme, so p is exactly 1 / (1 + R).
+    assert sign_flip_test(np.ones(20), n_permutations=2500) == (pytest.approx(1 / 2501), 2500)
+
+
+def test_sign_flip_exact_path_and_degenerate_inputs_report_no_random_patterns() -> None:
+    from ssnbench.stats import sign_flip_test
+
+    assert sign_flip_test(np.ones(13)) == (pytest.approx(2 / 2**13), 0)  # 2^13 <= 9999: exact
+    assert sign_flip_test(np.ones(3), n_permutations=8) == (pytest.approx(2 / 8), 0)  # 2^N == R: exact
+    assert sign_flip_test(np.ones(14))[1] == 9999  # 2^14 > 9999: Monte Carlo
+    assert sign_flip_test(np.zeros(20)) == (1.0, 0)
+    p, n = sign_flip_test(np.array([]))
+    assert np.isnan(p) and n == 0
