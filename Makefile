@@ -15,20 +15,28 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# What the demo, robustness and calibration suites need: the base install and captum for the
+# gallery's Grad-CAM (`make test` adds the dev tools, launchers and TensorBoard on top).
+RUN_STAMP := $(VENV)/.installed-run
+$(RUN_STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[explain]'
+	touch $(RUN_STAMP)
+
 # The demo, then the explanation gallery of 4 test cases of its SSN (docs/explain.md): both images,
 # cross-attention maps and Grad-CAM per head, an index of true and predicted labels.
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/ssnbench run suites/demo.yaml
 	$(BIN)/ssnbench explain results/demo/ssn-prior__seed0.safetensors --cases 4 --out reports/demo/explain
 
 # Accuracy under imaging shifts of each modality (docs/explain.md); its own suite, slower than the demo.
-robustness: $(STAMP)
+robustness: $(RUN_STAMP)
 	$(BIN)/ssnbench run suites/robustness.yaml
 
 # Power and false positives of the fusion-vs-derm claim at planted clinical-informativeness levels
 # (docs/planted.md); slower than the demo (one demo-sized run per level).
 CAL_LEVELS ?= 0,0.5,1
-calibration: $(STAMP)
+calibration: $(RUN_STAMP)
 	$(BIN)/python -m ssnbench.calibration suites/calibration.yaml --levels $(CAL_LEVELS)
 
 lint: $(STAMP)
