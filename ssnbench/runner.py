@@ -194,13 +194,12 @@ def open_data(
         "no_clinic_rows": list(getattr(release, "no_clinic_rows", []) or []),
         "majority": majority_baseline(train_labels, test_labels),
     }
-    if spec.kind == "synthetic" or generated is not None:
-        info["synthetic"] = (
-            {"cases": spec.cases, "seed": spec.seed, "source_size": spec.source_size}
-            if spec.kind == "synthetic"
-            else {"cases": generated.get("cases"), "seed": generated.get("seed"),
-                  "source_size": generated.get("image_size")}
-        )
+    if spec.kind == "synthetic":
+        info["synthetic"] = {"cases": spec.cases, "seed": spec.seed, "source_size": spec.source_size}
+    elif generated is not None:
+        info["synthetic"] = {"cases": generated.get("cases"), "seed": generated.get("seed"),
+                             "source_size": generated.get("image_size")}
+    if "synthetic" in info:
         planted = Path(release.root) / "meta" / "planted.json"
         if planted.is_file():  # the ground truth the report's Claims section compares verdicts with
             info["synthetic"]["planted"] = json.loads(planted.read_text())

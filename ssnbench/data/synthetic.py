@@ -898,13 +898,18 @@ def planted_truth(plan: list[SyntheticCase], design: PlantedDesign) -> dict[str,
     }
 
 
+def _read_marker(root: Path) -> object | None:
+    """The parsed marker of a release folder, or None when it has no readable one."""
+    try:
+        return json.loads((root / "meta" / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def generator_args(root: str | Path) -> dict[str, object] | None:
     """The arguments this generator wrote `root` (a release folder) with, or None when it did not
     write it (no readable marker): how a reader tells a synthetic release from the real one."""
-    try:
-        args = json.loads((Path(root) / "meta" / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
+    args = _read_marker(Path(root))
     return args if isinstance(args, dict) and args.get("generator") == "ssnbench.data.synthetic" else None
 
 
@@ -926,13 +931,11 @@ def generate(out: str | Path, cases: int = 1011, seed: int = 0, image_size: int 
     design = PlantedDesign.from_overrides(planted)
     args = {"generator": "ssnbench.data.synthetic", "version": GENERATOR_VERSION, "cases": cases,
             "seed": seed, "image_size": image_size, "planted": design.to_dict()}
-    marker = target / "meta" / MARKER
     if target.exists():
-        try:
-            existing = json.loads(marker.read_text())
-        except (OSError, ValueError):
+        existing = _read_marker(target)
+        if existing is None:
             raise DatasetError(f"{target}: already exists and was not written by `ssnbench data make`; "
-                               "refusing to overwrite (choose another --out or remove it)") from None
+                               "refusing to overwrite (choose another --out or remove it)")
         if existing == args:
             return target
     plan = plan_cases(cases, seed, design.label_noise)
