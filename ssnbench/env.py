@@ -98,6 +98,15 @@ def environment(device: torch.device | str) -> Environment:
     )
 
 
+def amp_autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when `amp` is set, else nothing (training, evaluation, explain passes)."""
+    import torch
+
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def pick_device(name: str | None = None) -> torch.device:
     """`None` -> cuda if available else cpu; "cpu"; "cuda" or "cuda:N" (checked to exist).
 

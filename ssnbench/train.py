@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ssnbench.config import TrainSpec
+from ssnbench.env import amp_autocast
 
 
 class NonFiniteLossError(RuntimeError):
@@ -112,12 +113,6 @@ def make_loader(
     )
 
 
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _to(batch: dict[str, Any], device: torch.device, channels_last: bool) -> tuple[Any, ...]:
     """(clinic, derm, labels) on `device`; labels are None for unlabelled pairs (`predict --pairs`)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -169,7 +164,7 @@ def predict(
         n = len(clinic)
         combined: list[torch.Tensor] | None = None
         for view in views:
-            with _autocast(device, amp):
+            with amp_autocast(device, amp):
                 outputs = model(clinic, derm) if view is None else model(view(clinic), view(derm))
             if combined is None and loss_fn is not None and y is not None:
                 total, _ = loss_fn(outputs, y)
@@ -286,7 +281,7 @@ def fit(
             loss_sum, seen = torch.zeros((), device=device), 0
             for step, batch in enumerate(train_loader):
                 clinic, derm, y = _to(batch, device, channels_last)
-                with _autocast(device, amp):
+                with amp_autocast(device, amp):
                     outputs = model(clinic, derm)
                 loss, _ = loss_fn(outputs, y)  # in fp32 whatever the logits' dtype (one cast per head)
                 optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,6 @@ already in memory, and a pass is a few batched forwards), so predictions line up
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from ssnbench.data.labels import MODALITIES
+from ssnbench.env import amp_autocast
 from ssnbench.explain import NEUTRAL_INPUT
 
 __all__ = ["MODALITIES", "NEUTRAL_INPUT", "HeadOutputs", "run_heads", "withheld"]
@@ -59,12 +59,6 @@ def withheld(
     return apply
 
 
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def run_heads(
     model: nn.Module,
@@ -102,7 +96,7 @@ def run_heads(
                 clinic.append(c)
                 derm.append(d)
             c, d = drop(torch.stack(clinic).to(device), torch.stack(derm).to(device))
-            with _autocast(device, amp):
+            with amp_autocast(device, amp):
                 outputs = model(c, d)
             for h, logits in outputs.items():
                 heads.setdefault(h, []).append([x.float().softmax(-1).cpu().numpy() for x in logits])
